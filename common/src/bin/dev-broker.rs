@@ -1,0 +1,46 @@
+//! `dev-broker`: hosts librdkafka's in-memory mock cluster on a fixed address for local runs.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use orderflow_common::config::LogSettings;
+use orderflow_common::dev_broker::DevBroker;
+use orderflow_common::{telemetry, DEAD_LETTER_TOPIC};
+
+#[derive(Debug, Parser)]
+#[command(about = "In-memory Kafka-compatible broker for development (librdkafka mock cluster)")]
+struct Args {
+    /// Address clients connect to.
+    #[arg(long, env = "DEV_BROKER_ADDR", default_value = "127.0.0.1:9092")]
+    listen: SocketAddr,
+    /// Orders topic.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "orders-placed")]
+    topic: String,
+    /// Partitions of the orders topic.
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 50)]
+    partitions: i32,
+    #[command(flatten)]
+    log: LogSettings,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log.format);
+    let topics = [(args.topic.clone(), args.partitions), (DEAD_LETTER_TOPIC.to_owned(), 1)];
+    let broker = DevBroker::start(args.listen, &topics).await.context("starting the dev broker")?;
+    println!("dev broker ready on {}", broker.bootstrap_servers());
+    shutdown_signal().await;
+    tracing::info!("dev broker stopping; all messages were in memory and are gone");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,13 @@
+//! Shared pieces of orderflow: the order and its validation, settings, PostgreSQL and
+//! Kafka helpers, logging, the embedded dev broker and test support.
+
+pub mod config;
+pub mod db;
+pub mod dev_broker;
+pub mod kafka;
+pub mod order;
+pub mod telemetry;
+pub mod testing;
+
+/// Topic for messages the consumer cannot process (see ARCHITECTURE.md).
+pub const DEAD_LETTER_TOPIC: &str = "orders-dlq";

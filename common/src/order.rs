@@ -1,0 +1,297 @@
+//! The order as the API accepts it and as it travels through Kafka, with the one set of
+//! validation rules both the producer and the consumer apply.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub const MAX_ID_LEN: usize = 64;
+pub const MIN_QUANTITY: i64 = 1;
+pub const MAX_QUANTITY: i64 = 10_000;
+/// `orders.amount` is NUMERIC(12,2): anything larger could pass validation and then poison a
+/// whole consumer batch, so the limit is enforced here.
+pub const MAX_AMOUNT_CENTS: i64 = 999_999_999_999;
+
+const FIELDS: [&str; 4] = ["customer_id", "product_id", "quantity", "amount"];
+
+/// One problem with one field of one order. `index` is set for batch entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: &str, message: impl Into<String>) -> Self {
+        Self { index: None, field: field.to_owned(), message: message.into() }
+    }
+}
+
+/// A validated order request, before it has an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub customer_id: String,
+    pub product_id: String,
+    pub quantity: i32,
+    pub amount_cents: i64,
+}
+
+impl NewOrder {
+    /// Validates one order object field by field, collecting every problem rather than the first,
+    /// so that a client fixing a batch sees everything wrong at once.
+    pub fn from_json(value: &Value) -> Result<Self, Vec<FieldError>> {
+        let Some(object) = value.as_object() else {
+            return Err(vec![FieldError::new("", "each order must be a JSON object")]);
+        };
+        let mut errors = Vec::new();
+        for key in object.keys().filter(|key| !FIELDS.contains(&key.as_str())) {
+            errors.push(FieldError::new(key, "unknown field"));
+        }
+        let customer_id = take(&mut errors, "customer_id", object.get("customer_id"), |v| {
+            v.as_str().ok_or("must be a string").and_then(validate_id).map(str::to_owned)
+        });
+        let product_id = take(&mut errors, "product_id", object.get("product_id"), |v| {
+            v.as_str().ok_or("must be a string").and_then(validate_id).map(str::to_owned)
+        });
+        let quantity = take(&mut errors, "quantity", object.get("quantity"), |v| {
+            v.as_i64().ok_or(QUANTITY_RULE).and_then(validate_quantity)
+        });
+        let amount_cents = take(&mut errors, "amount", object.get("amount"), |v| {
+            v.as_f64().ok_or("must be a number").and_then(amount_to_cents)
+        });
+        match (customer_id, product_id, quantity, amount_cents) {
+            (Some(customer_id), Some(product_id), Some(quantity), Some(amount_cents)) if errors.is_empty() => {
+                Ok(Self { customer_id, product_id, quantity, amount_cents })
+            }
+            _ => Err(errors),
+        }
+    }
+}
+
+fn take<T>(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    value: Option<&Value>,
+    check: impl FnOnce(&Value) -> Result<T, &'static str>,
+) -> Option<T> {
+    let Some(value) = value else {
+        errors.push(FieldError::new(field, "is required"));
+        return None;
+    };
+    check(value).map_err(|message| errors.push(FieldError::new(field, message))).ok()
+}
+
+const QUANTITY_RULE: &str = "must be an integer from 1 to 10000";
+
+pub fn validate_id(id: &str) -> Result<&str, &'static str> {
+    if id.is_empty() {
+        return Err("must not be empty");
+    }
+    if id.chars().count() > MAX_ID_LEN {
+        return Err("must be at most 64 characters");
+    }
+    if id.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    Ok(id)
+}
+
+pub fn validate_quantity(quantity: i64) -> Result<i32, &'static str> {
+    if !(MIN_QUANTITY..=MAX_QUANTITY).contains(&quantity) {
+        return Err(QUANTITY_RULE);
+    }
+    Ok(quantity as i32)
+}
+
+/// Converts an amount to whole cents, refusing anything a NUMERIC(12,2) column would round.
+pub fn amount_to_cents(amount: f64) -> Result<i64, &'static str> {
+    if !amount.is_finite() || amount < 0.0 {
+        return Err("must be a finite number >= 0");
+    }
+    let scaled = amount * 100.0;
+    let cents = scaled.round();
+    // f64 cannot hold most decimals exactly (6499.95 * 100 = 649994.9999999999), so compare
+    // with a tolerance far below one cent but far above the representation error.
+    if (scaled - cents).abs() > 1e-6 * cents.abs().max(1.0) {
+        return Err("must have at most 2 decimal places");
+    }
+    if cents > MAX_AMOUNT_CENTS as f64 {
+        return Err("must be at most 9999999999.99");
+    }
+    Ok(cents as i64)
+}
+
+/// The message published to `orders-placed`: the order plus its id and acceptance time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacedOrder {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub product_id: String,
+    pub quantity: i64,
+    pub amount: f64,
+    pub placed_at: DateTime<Utc>,
+}
+
+/// Why a message from Kafka cannot become an order.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidMessage {
+    #[error("message has no payload")]
+    Empty,
+    #[error("payload is not a valid order message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("{field} {message}")]
+    Invalid { field: &'static str, message: &'static str },
+}
+
+/// A placed order that passed validation again on the consumer side: a broken or hostile
+/// producer writing straight to the topic must not be able to poison a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidOrder {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub product_id: String,
+    pub quantity: i32,
+    pub amount_cents: i64,
+    pub placed_at: DateTime<Utc>,
+}
+
+impl PlacedOrder {
+    pub fn new(order: NewOrder, order_id: Uuid, placed_at: DateTime<Utc>) -> Self {
+        Self {
+            order_id,
+            customer_id: order.customer_id,
+            product_id: order.product_id,
+            quantity: i64::from(order.quantity),
+            amount: order.amount_cents as f64 / 100.0,
+            placed_at,
+        }
+    }
+
+    pub fn from_payload(payload: Option<&[u8]>) -> Result<ValidOrder, InvalidMessage> {
+        let payload = payload.filter(|p| !p.is_empty()).ok_or(InvalidMessage::Empty)?;
+        let placed: PlacedOrder = serde_json::from_slice(payload)?;
+        placed.validate()
+    }
+
+    pub fn validate(self) -> Result<ValidOrder, InvalidMessage> {
+        let invalid = |field| move |message| InvalidMessage::Invalid { field, message };
+        validate_id(&self.customer_id).map_err(invalid("customer_id"))?;
+        validate_id(&self.product_id).map_err(invalid("product_id"))?;
+        let quantity = validate_quantity(self.quantity).map_err(invalid("quantity"))?;
+        let amount_cents = amount_to_cents(self.amount).map_err(invalid("amount"))?;
+        Ok(ValidOrder {
+            order_id: self.order_id,
+            customer_id: self.customer_id,
+            product_id: self.product_id,
+            quantity,
+            amount_cents,
+            placed_at: self.placed_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(errors: Vec<FieldError>) -> Vec<String> {
+        errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn accepts_the_documented_example() {
+        let order = NewOrder::from_json(&json!({
+            "customer_id": "CUST001", "product_id": "PROD001", "quantity": 5, "amount": 6499.95
+        }))
+        .unwrap();
+        assert_eq!(order.quantity, 5);
+        assert_eq!(order.amount_cents, 649_995);
+    }
+
+    #[test]
+    fn reports_every_bad_field_at_once() {
+        let errors = NewOrder::from_json(&json!({
+            "customer_id": "", "product_id": 7, "quantity": 0, "amount": -1, "colour": "red"
+        }))
+        .unwrap_err();
+        let mut names = fields(errors);
+        names.sort();
+        assert_eq!(names, ["amount", "colour", "customer_id", "product_id", "quantity"]);
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let errors = NewOrder::from_json(&json!({"customer_id": "C"})).unwrap_err();
+        assert_eq!(fields(errors), ["product_id", "quantity", "amount"]);
+    }
+
+    #[test]
+    fn not_an_object_is_refused() {
+        assert!(NewOrder::from_json(&json!([1, 2])).is_err());
+        assert!(NewOrder::from_json(&json!("order")).is_err());
+    }
+
+    #[test]
+    fn id_rules() {
+        assert!(validate_id(&"x".repeat(64)).is_ok());
+        assert!(validate_id(&"x".repeat(65)).is_err());
+        assert!(validate_id("é".repeat(64).as_str()).is_ok(), "limit counts characters, not bytes");
+        assert!(validate_id("a\u{0}b").is_err());
+        assert!(validate_id("a\nb").is_err());
+        assert!(validate_id("").is_err());
+    }
+
+    #[test]
+    fn quantity_bounds() {
+        assert_eq!(validate_quantity(1), Ok(1));
+        assert_eq!(validate_quantity(10_000), Ok(10_000));
+        assert!(validate_quantity(0).is_err());
+        assert!(validate_quantity(10_001).is_err());
+        assert!(validate_quantity(-5).is_err());
+        let fractional = NewOrder::from_json(&json!({
+            "customer_id": "C", "product_id": "P", "quantity": 2.5, "amount": 1
+        }));
+        assert_eq!(fields(fractional.unwrap_err()), ["quantity"]);
+    }
+
+    #[test]
+    fn amount_rules() {
+        assert_eq!(amount_to_cents(0.0), Ok(0));
+        assert_eq!(amount_to_cents(0.1), Ok(10));
+        assert_eq!(amount_to_cents(19.99), Ok(1999));
+        assert_eq!(amount_to_cents(9_999_999_999.99), Ok(MAX_AMOUNT_CENTS));
+        assert!(amount_to_cents(10_000_000_000.0).is_err());
+        assert!(amount_to_cents(1.234).is_err());
+        assert!(amount_to_cents(-0.01).is_err());
+        assert!(amount_to_cents(f64::NAN).is_err());
+        assert!(amount_to_cents(f64::INFINITY).is_err());
+    }
+
+    #[test]
+    fn message_round_trip_and_revalidation() {
+        let order = NewOrder::from_json(&json!({
+            "customer_id": "C1", "product_id": "P1", "quantity": 3, "amount": 10.5
+        }))
+        .unwrap();
+        let placed = PlacedOrder::new(order, Uuid::now_v7(), Utc::now());
+        let bytes = serde_json::to_vec(&placed).unwrap();
+        let valid = PlacedOrder::from_payload(Some(&bytes)).unwrap();
+        assert_eq!(valid.amount_cents, 1050);
+        assert_eq!(valid.order_id, placed.order_id);
+
+        assert!(matches!(PlacedOrder::from_payload(None), Err(InvalidMessage::Empty)));
+        assert!(matches!(PlacedOrder::from_payload(Some(b"{oops")), Err(InvalidMessage::Malformed(_))));
+        let mut bad = placed.clone();
+        bad.quantity = 0;
+        let bytes = serde_json::to_vec(&bad).unwrap();
+        assert!(matches!(
+            PlacedOrder::from_payload(Some(&bytes)),
+            Err(InvalidMessage::Invalid { field: "quantity", .. })
+        ));
+    }
+}

@@ -1,0 +1,94 @@
+//! The one mapping from errors to HTTP responses: every error is JSON, `{"error": "..."}`,
+//! plus `details` naming each bad field where validation failed.
+
+use actix_web::error::{JsonPayloadError, PathError};
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use serde_json::json;
+
+use orderflow_common::db::DbError;
+use orderflow_common::order::FieldError;
+
+use crate::publisher::PublishError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("rate limit exceeded, retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("orders could not be published to Kafka; nothing was accepted")]
+    Unavailable(#[from] PublishError),
+    #[error("database unavailable")]
+    Database(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::Database(error.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        Self::Database(error.into())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Validation(_) | Self::MalformedJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) | Self::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            // The cause goes to the log, not to the client.
+            Self::Unavailable(cause) => tracing::warn!(error = %cause, "publish failed"),
+            Self::Database(cause) => tracing::warn!(error = %cause, "database request failed"),
+            Self::RateLimited { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            _ => {}
+        }
+        match self {
+            Self::Validation(details) => response.json(json!({"error": self.to_string(), "details": details})),
+            _ => response.json(json!({"error": self.to_string()})),
+        }
+    }
+}
+
+/// actix's JSON extractor errors, as ours.
+pub fn json_error(limit: usize) -> impl Fn(JsonPayloadError, &HttpRequest) -> actix_web::Error + Clone {
+    move |error, _request| {
+        match error {
+            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                ApiError::PayloadTooLarge { limit }
+            }
+            JsonPayloadError::Deserialize(error) => ApiError::MalformedJson(error.to_string()),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+        .into()
+    }
+}
+
+pub fn path_error(error: PathError, _request: &HttpRequest) -> actix_web::Error {
+    ApiError::BadRequest(format!("invalid path parameter: {error}")).into()
+}

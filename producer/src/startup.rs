@@ -1,0 +1,129 @@
+//! Building and running the API: `Application::build` binds the port (0 for tests) and
+//! wires the shared producer, pool and limits into the routes.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+
+use orderflow_common::db::{self, DbError};
+
+use crate::error::{self, ApiError};
+use crate::publisher::OrderPublisher;
+use crate::rate_limit::{self, RateLimits};
+use crate::routes;
+use crate::settings::Settings;
+
+/// How long in-flight requests get to finish after SIGTERM; they are waiting for broker
+/// acknowledgements, which the publish timeout bounds.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot create the Kafka producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    publisher: Arc<OrderPublisher>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let publisher = Arc::new(OrderPublisher::new(&settings.kafka, &settings.publish)?);
+        // The pool connects lazily: the API starts (and /ready reports) while PostgreSQL is down.
+        let pool = db::pool(&settings.database)?;
+        let limits = web::Data::new(RateLimits::new(&settings.limits));
+        spawn_limiter_cleanup(limits.clone());
+
+        let listen = |source| StartupError::Listen { addr: settings.listen, source };
+        let listener = TcpListener::bind(settings.listen).map_err(listen)?;
+        let port = listener.local_addr().map_err(listen)?.port();
+
+        let publisher_data = web::Data::from(publisher.clone());
+        let pool = web::Data::new(pool);
+        let limit_settings = settings.limits.clone();
+        let server = HttpServer::new(move || {
+            let order_json = web::JsonConfig::default()
+                .limit(limit_settings.max_order_bytes)
+                .content_type_required(false)
+                .error_handler(error::json_error(limit_settings.max_order_bytes));
+            let batch_json = web::JsonConfig::default()
+                .limit(limit_settings.max_batch_bytes)
+                .content_type_required(false)
+                .error_handler(error::json_error(limit_settings.max_batch_bytes));
+            App::new()
+                .wrap(from_fn(rate_limit::enforce))
+                .app_data(publisher_data.clone())
+                .app_data(pool.clone())
+                .app_data(limits.clone())
+                .app_data(web::PathConfig::default().error_handler(error::path_error))
+                .service(
+                    web::resource("/order")
+                        .app_data(order_json)
+                        .route(web::post().to(routes::place_order))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/orders/batch")
+                        .app_data(batch_json)
+                        .route(web::post().to(routes::place_batch))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .route("/orders/{order_id}", web::get().to(routes::get_order))
+                .route("/inventory/{product_id}", web::get().to(routes::get_inventory))
+                .route("/health", web::get().to(routes::health))
+                .route("/ready", web::get().to(routes::ready))
+                .default_service(web::to(not_found))
+        })
+        .listen(listener)
+        .map_err(listen)?
+        // Slow or half-open clients must not hold connections forever.
+        .client_request_timeout(Duration::from_secs(10))
+        .client_disconnect_timeout(Duration::from_secs(2))
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .run();
+        tracing::info!(port, topic = %settings.kafka.topic, brokers = %settings.kafka.brokers, "producer listening");
+        Ok(Self { port, server, publisher })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, lets in-flight requests finish, then flushes Kafka.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        let publisher = self.publisher;
+        let _ = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(10))).await;
+        tracing::info!("producer stopped");
+        result
+    }
+}
+
+fn spawn_limiter_cleanup(limits: web::Data<RateLimits>) {
+    tokio::spawn(async move {
+        let mut every_minute = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every_minute.tick().await;
+            limits.forget_idle_clients();
+        }
+    });
+}
+
+async fn not_found(request: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("route {} {}", request.method(), request.path())))
+}
+
+async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
