@@ -47,7 +47,7 @@ pub struct DatabaseSettings {
     #[arg(long = "database-pool-size", env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
     /// How long to wait for a pooled connection or a new connection, in milliseconds.
-    #[arg(long = "database-timeout-ms", env = "DATABASE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(id = "database_timeout_ms", long = "database-timeout-ms", env = "DATABASE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
 }
 

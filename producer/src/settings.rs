@@ -26,7 +26,7 @@ pub struct Settings {
 #[derive(Debug, Clone, clap::Args)]
 pub struct PublishSettings {
     /// How long the broker has to acknowledge an order before the API answers 503.
-    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    #[arg(id = "publish_timeout_ms", long = "publish-timeout-ms", env = "PUBLISH_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub timeout_ms: u64,
     /// librdkafka linger.ms: how long to wait to fill a produce batch. Small, because
     /// every HTTP response waits for its acknowledgement.
@@ -86,5 +86,15 @@ impl Settings {
             limits: LimitSettings::default(),
             log: LogSettings { format: orderflow_common::config::LogFormat::Text },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Settings::command().debug_assert();
     }
 }

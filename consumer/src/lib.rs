@@ -1,0 +1,16 @@
+//! orderflow consumer: reads placed orders from Kafka in batches and reserves stock in
+//! PostgreSQL, idempotently by order_id, committing offsets only after the database.
+
+pub mod admin;
+pub mod allocation;
+pub mod context;
+pub mod offsets;
+pub mod pipeline;
+pub mod reservation;
+pub mod settings;
+pub mod startup;
+pub mod stats;
+pub mod worker_pool;
+
+pub use settings::Settings;
+pub use startup::Application;

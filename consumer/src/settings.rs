@@ -1,0 +1,117 @@
+//! Consumer settings: command-line flags, each also an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use orderflow_common::config::{DatabaseSettings, KafkaSettings, LogFormat, LogSettings};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "consumer", about = "orderflow consumer: reserves stock in PostgreSQL for orders read from Kafka")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Apply database migrations (schema and seed data) and exit.
+    Migrate,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Address of the admin HTTP server (/health, /ready, /status).
+    #[arg(long, env = "CONSUMER_ADMIN_ADDR", default_value = "0.0.0.0:8081")]
+    pub admin_listen: SocketAddr,
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
+    #[command(flatten)]
+    pub group: GroupSettings,
+    #[command(flatten)]
+    pub batch: BatchSettings,
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GroupSettings {
+    /// Consumer group; all consumer replicas share it and split the partitions.
+    #[arg(long = "group-id", env = "KAFKA_GROUP_ID", default_value = "orderflow-consumer")]
+    pub group_id: String,
+    /// Group protocol: `classic` (any Kafka) or `consumer` (KIP-848, Kafka 4+: faster rebalances).
+    #[arg(long = "group-protocol", env = "KAFKA_GROUP_PROTOCOL", default_value = "classic")]
+    pub protocol: String,
+    /// Classic protocol only: how long a silent member keeps its partitions. Short, because a
+    /// crashed consumer's partitions wait this long before another member takes them.
+    #[arg(long = "session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub session_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatchSettings {
+    /// Most messages handled in one batch (one database transaction per worker).
+    #[arg(long = "batch-size", env = "BATCH_SIZE", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_messages: u64,
+    /// Longest wait, after a batch's first message, for the batch to fill.
+    #[arg(long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value_t = 20)]
+    pub max_wait_ms: u64,
+    /// Workers that write a batch in parallel; a batch is split among them by product, so
+    /// they never contend for the same row lock.
+    #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub workers: u64,
+    /// On shutdown, how long the batch in hand may take before it is abandoned (its offsets
+    /// stay uncommitted, so it is redelivered).
+    #[arg(long = "drain-timeout-ms", env = "DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
+    pub drain_timeout_ms: u64,
+}
+
+impl BatchSettings {
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        Self { group_id: "orderflow-consumer".into(), protocol: "classic".into(), session_timeout_ms: 10_000 }
+    }
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self { max_messages: 2000, max_wait_ms: 20, workers: 4, drain_timeout_ms: 20_000 }
+    }
+}
+
+impl Settings {
+    /// Settings for tests and embedding: given brokers and database, everything else default,
+    /// admin server on an ephemeral loopback port.
+    pub fn new(kafka: KafkaSettings, database: DatabaseSettings) -> Self {
+        Self {
+            admin_listen: "127.0.0.1:0".parse().expect("valid address"),
+            kafka,
+            group: GroupSettings::default(),
+            batch: BatchSettings::default(),
+            database,
+            log: LogSettings { format: LogFormat::Text },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

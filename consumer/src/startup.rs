@@ -1,0 +1,174 @@
+//! Building and running the consumer: migrations, the Kafka consumer, the batch loop and
+//! the admin server, and the orderly shutdown of all of them.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use rdkafka::consumer::Consumer;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use orderflow_common::db::{self, DbError};
+use orderflow_common::kafka;
+
+use crate::admin::{self, AdminState};
+use crate::context::OrderflowContext;
+use crate::offsets::ProcessedOffsets;
+use crate::pipeline::{OrderConsumer, Pipeline};
+use crate::settings::Settings;
+use crate::stats::Stats;
+use crate::worker_pool::WorkerPool;
+
+const STATS_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot create the Kafka consumer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+pub struct Application {
+    admin_port: u16,
+    admin: Server,
+    pipeline: JoinHandle<()>,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+    stats: Arc<Stats>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let pool = db::pool(&settings.database)?;
+        db::migrate(&pool).await?;
+
+        let offsets = Arc::new(ProcessedOffsets::default());
+        let consumer = Arc::new(create_consumer(&settings, offsets.clone())?);
+        consumer.subscribe(&[&settings.kafka.topic])?;
+
+        let stats = Arc::new(Stats::default());
+        let listen = |source| StartupError::Listen { addr: settings.admin_listen, source };
+        let listener = TcpListener::bind(settings.admin_listen).map_err(listen)?;
+        let admin_port = listener.local_addr().map_err(listen)?.port();
+        let state = web::Data::new(AdminState {
+            consumer: consumer.clone(),
+            pool: pool.clone(),
+            stats: stats.clone(),
+            topic: settings.kafka.topic.clone(),
+            started: Instant::now(),
+        });
+        let admin = HttpServer::new(move || App::new().app_data(state.clone()).configure(admin::routes))
+            .workers(1)
+            .disable_signals()
+            .listen(listener)
+            .map_err(listen)?
+            .run();
+
+        let pipeline = Pipeline {
+            consumer,
+            workers: WorkerPool::new(pool, settings.batch.workers as usize, stats.clone()),
+            offsets,
+            stats: stats.clone(),
+            settings: settings.batch.clone(),
+            topic: settings.kafka.topic.clone(),
+        };
+        let shutdown = CancellationToken::new();
+        let abandon = CancellationToken::new();
+        let pipeline = tokio::spawn(pipeline.run(shutdown.clone(), abandon.clone()));
+        let drain_timeout = settings.batch.drain_timeout();
+        spawn_abandon_timer(shutdown.clone(), abandon, drain_timeout);
+        let reporter = stats.clone();
+        tokio::spawn(async move { reporter.report_every(STATS_INTERVAL).await });
+
+        tracing::info!(
+            admin_port,
+            topic = %settings.kafka.topic,
+            group = %settings.group.group_id,
+            workers = settings.batch.workers,
+            batch_size = settings.batch.max_messages,
+            "consumer started"
+        );
+        Ok(Self { admin_port, admin, pipeline, shutdown, drain_timeout, stats })
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Cancelling this token stops the consumer as SIGTERM does.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until SIGTERM, Ctrl-C or the shutdown token; then stops fetching, finishes the
+    /// batch in hand, commits its offsets and stops the admin server.
+    pub async fn run_until_stopped(self) {
+        let admin: ServerHandle = self.admin.handle();
+        let admin_task = tokio::spawn(self.admin);
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = termination_signal() => {
+                tracing::info!(drain_timeout_ms = self.drain_timeout.as_millis() as u64, "shutdown requested");
+                self.shutdown.cancel();
+            }
+        }
+        if let Err(error) = self.pipeline.await {
+            tracing::error!(%error, "batch loop ended abnormally");
+        }
+        admin.stop(true).await;
+        let _ = admin_task.await;
+        tracing::info!("consumer stopped");
+    }
+}
+
+fn create_consumer(settings: &Settings, offsets: Arc<ProcessedOffsets>) -> Result<OrderConsumer, rdkafka::error::KafkaError> {
+    let mut config = kafka::client_config(&settings.kafka);
+    config
+        .set("group.id", &settings.group.group_id)
+        .set("group.protocol", &settings.group.protocol)
+        // Offsets are committed by hand, only after the database commit.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // A new group must start from the beginning: orders accepted before the first
+        // consumer started are still orders.
+        .set("auto.offset.reset", "earliest")
+        // Bounds the prefetch buffer, and so the consumer's memory.
+        .set("queued.max.messages.kbytes", "32768")
+        .set("fetch.wait.max.ms", "100");
+    if settings.group.protocol == "classic" {
+        config
+            .set("session.timeout.ms", settings.group.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", (settings.group.session_timeout_ms / 4).max(100).to_string())
+            // Incremental rebalances: members keep the partitions that do not move.
+            .set("partition.assignment.strategy", "cooperative-sticky");
+    }
+    kafka::apply_overrides(&mut config, &settings.kafka);
+    config.create_with_context(OrderflowContext { topic: settings.kafka.topic.clone(), offsets })
+}
+
+fn spawn_abandon_timer(shutdown: CancellationToken, abandon: CancellationToken, drain_timeout: Duration) {
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tokio::time::sleep(drain_timeout).await;
+        abandon.cancel();
+    });
+}
+
+async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,92 @@
+//! Counters for the stats log line and /status.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    processed: AtomicU64,
+    reserved: AtomicU64,
+    rejected: AtomicU64,
+    already_applied: AtomicU64,
+    failed: AtomicU64,
+    lock_conflicts: AtomicU64,
+    database_errors: AtomicU64,
+    batches: AtomicU64,
+    /// Messages per second over the last report interval, as f64 bits.
+    rate_bits: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Totals {
+    /// Messages finished: reserved, rejected, already applied (redeliveries) or failed.
+    pub processed: u64,
+    pub reserved: u64,
+    pub rejected: u64,
+    pub already_applied: u64,
+    /// Messages that could not be parsed or failed validation; skipped and logged.
+    pub failed: u64,
+    pub lock_conflicts: u64,
+    pub database_errors: u64,
+    pub batches: u64,
+    pub rate_per_second: f64,
+}
+
+impl Stats {
+    pub fn record_batch(&self, reserved: u64, rejected: u64, already_applied: u64, failed: u64) {
+        self.reserved.fetch_add(reserved, Relaxed);
+        self.rejected.fetch_add(rejected, Relaxed);
+        self.already_applied.fetch_add(already_applied, Relaxed);
+        self.failed.fetch_add(failed, Relaxed);
+        self.processed.fetch_add(reserved + rejected + already_applied + failed, Relaxed);
+        self.batches.fetch_add(1, Relaxed);
+    }
+
+    pub fn record_lock_conflict(&self) {
+        self.lock_conflicts.fetch_add(1, Relaxed);
+    }
+
+    pub fn record_database_error(&self) {
+        self.database_errors.fetch_add(1, Relaxed);
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            processed: self.processed.load(Relaxed),
+            reserved: self.reserved.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            already_applied: self.already_applied.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            lock_conflicts: self.lock_conflicts.load(Relaxed),
+            database_errors: self.database_errors.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            rate_per_second: f64::from_bits(self.rate_bits.load(Relaxed)),
+        }
+    }
+
+    /// Logs a stats line every `interval` and keeps the current rate for /status.
+    pub async fn report_every(&self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        let (mut last_processed, mut last_at) = (self.processed.load(Relaxed), Instant::now());
+        loop {
+            ticker.tick().await;
+            let processed = self.processed.load(Relaxed);
+            let rate = (processed - last_processed) as f64 / last_at.elapsed().as_secs_f64();
+            self.rate_bits.store(rate.to_bits(), Relaxed);
+            (last_processed, last_at) = (processed, Instant::now());
+            let totals = self.totals();
+            tracing::info!(
+                processed = totals.processed,
+                reserved = totals.reserved,
+                rejected = totals.rejected,
+                failed = totals.failed,
+                lock_conflicts = totals.lock_conflicts,
+                throughput_msg_per_s = format!("{rate:.1}"),
+                "consumer stats"
+            );
+        }
+    }
+}

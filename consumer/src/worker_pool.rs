@@ -1,0 +1,147 @@
+//! Writing a batch with several workers at once. The batch is split by product, so workers
+//! of one consumer never wait for each other's row locks; each part is one transaction,
+//! retried until it commits.
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use futures::future::join_all;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use orderflow_common::order::ValidOrder;
+
+use crate::reservation::{reserve, Applied, ReserveError};
+use crate::stats::Stats;
+
+/// The batch was given up at shutdown; parts may have committed, none of its offsets are.
+#[derive(Debug, thiserror::Error)]
+#[error("batch abandoned at shutdown before it was fully written")]
+pub struct Abandoned;
+
+pub struct WorkerPool {
+    pool: Pool,
+    workers: usize,
+    stats: Arc<Stats>,
+}
+
+impl WorkerPool {
+    pub fn new(pool: Pool, workers: usize, stats: Arc<Stats>) -> Self {
+        Self { pool, workers: workers.max(1), stats }
+    }
+
+    /// Writes every order. Returns only when all parts committed, or with `Abandoned` once
+    /// `abandon` fires; lock conflicts and database errors are retried, never dropped.
+    pub async fn write(&self, orders: &[ValidOrder], abandon: &CancellationToken) -> Result<Applied, Abandoned> {
+        let parts = split_by_product(&unique_by_order_id(orders), self.workers);
+        let results = join_all(parts.iter().map(|part| self.write_part(part, abandon))).await;
+        let mut applied = Applied::default();
+        for result in results {
+            applied += result?;
+        }
+        Ok(applied)
+    }
+
+    async fn write_part(&self, orders: &[&ValidOrder], abandon: &CancellationToken) -> Result<Applied, Abandoned> {
+        let mut attempt = 0_u32;
+        loop {
+            let error = match reserve(&self.pool, orders).await {
+                Ok(applied) => return Ok(applied),
+                Err(error) => error,
+            };
+            attempt += 1;
+            let pause = match &error {
+                ReserveError::LockConflict | ReserveError::ConcurrentlyApplied(_) => {
+                    self.stats.record_lock_conflict();
+                    tracing::debug!(attempt, %error, "retrying after conflict");
+                    backoff(attempt, Duration::from_millis(2), Duration::from_millis(250))
+                }
+                ReserveError::Pool(_) | ReserveError::Database(_) => {
+                    self.stats.record_database_error();
+                    tracing::warn!(attempt, %error, orders = orders.len(), "reservation failed, retrying");
+                    backoff(attempt, Duration::from_millis(100), Duration::from_secs(5))
+                }
+            };
+            tokio::select! {
+                _ = abandon.cancelled() => return Err(Abandoned),
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
+/// A redelivery inside one batch carries the same order_id twice; the first one wins.
+fn unique_by_order_id(orders: &[ValidOrder]) -> Vec<&ValidOrder> {
+    let mut seen = HashSet::with_capacity(orders.len());
+    orders.iter().filter(|order| seen.insert(order.order_id)).collect()
+}
+
+/// Splits into at most `parts` groups by product, keeping offset order inside each group.
+fn split_by_product<'a>(orders: &[&'a ValidOrder], parts: usize) -> Vec<Vec<&'a ValidOrder>> {
+    let mut groups: Vec<Vec<&ValidOrder>> = vec![Vec::new(); parts];
+    for order in orders {
+        let mut hasher = DefaultHasher::new();
+        order.product_id.hash(&mut hasher);
+        groups[(hasher.finish() % parts as u64) as usize].push(order);
+    }
+    groups.retain(|group| !group.is_empty());
+    groups
+}
+
+/// Exponential backoff with full jitter: spreads retries of competing consumers apart.
+fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let ceiling = base.saturating_mul(2_u32.saturating_pow(attempt.min(16))).min(cap);
+    rand::rng().random_range(Duration::ZERO..=ceiling)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    fn order(product: &str) -> ValidOrder {
+        ValidOrder {
+            order_id: Uuid::now_v7(),
+            customer_id: "C".into(),
+            product_id: product.into(),
+            quantity: 1,
+            amount_cents: 100,
+            placed_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_product_never_spans_two_parts_and_order_is_kept() {
+        let orders: Vec<ValidOrder> = (0..200).map(|i| order(&format!("P{}", i % 13))).collect();
+        let refs: Vec<&ValidOrder> = orders.iter().collect();
+        let parts = split_by_product(&refs, 4);
+        assert!(parts.len() <= 4);
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 200);
+        let mut owner = std::collections::HashMap::new();
+        for (index, part) in parts.iter().enumerate() {
+            for order in part {
+                assert_eq!(*owner.entry(order.product_id.clone()).or_insert(index), index);
+            }
+            // UUIDv7 made in sequence sort in creation order, which is offset order here.
+            assert!(part.windows(2).all(|w| w[0].order_id < w[1].order_id));
+        }
+    }
+
+    #[test]
+    fn duplicates_inside_a_batch_are_dropped() {
+        let first = order("P");
+        let orders = vec![first.clone(), order("P"), first];
+        assert_eq!(unique_by_order_id(&orders).len(), 2);
+    }
+
+    #[test]
+    fn backoff_stays_under_its_cap() {
+        for attempt in 0..40 {
+            assert!(backoff(attempt, Duration::from_millis(2), Duration::from_millis(250)) <= Duration::from_millis(250));
+        }
+    }
+}
