@@ -83,3 +83,42 @@ mod tests {
         assert_eq!(with_dbname("postgres://u@h/a?sslmode=disable", "b"), "postgres://u@h/b?sslmode=disable");
     }
 }
+
+/// How many messages `topic` holds: the sum of its partitions' high watermarks. Exact for
+/// the mock cluster, which never deletes within a test's volume.
+pub async fn topic_message_count(bootstrap: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "orderflow-test-watermarks")
+            .create()
+            .expect("create watermark consumer");
+        let timeout = std::time::Duration::from_secs(10);
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout).expect("topic metadata");
+        metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| consumer.fetch_watermarks(&topic, p.id(), timeout).expect("watermarks").1)
+            .sum()
+    })
+    .await
+    .expect("watermark task")
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -36,9 +36,10 @@ impl WorkerPool {
     /// Writes every order. Returns only when all parts committed, or with `Abandoned` once
     /// `abandon` fires; lock conflicts and database errors are retried, never dropped.
     pub async fn write(&self, orders: &[ValidOrder], abandon: &CancellationToken) -> Result<Applied, Abandoned> {
-        let parts = split_by_product(&unique_by_order_id(orders), self.workers);
+        let unique = unique_by_order_id(orders);
+        let parts = split_by_product(&unique, self.workers);
         let results = join_all(parts.iter().map(|part| self.write_part(part, abandon))).await;
-        let mut applied = Applied::default();
+        let mut applied = Applied { already_applied: (orders.len() - unique.len()) as u64, ..Applied::default() };
         for result in results {
             applied += result?;
         }

@@ -1,0 +1,8 @@
+//! Order flow tests against real PostgreSQL and the Kafka protocol (the dev broker):
+//! each test gets a fresh database and its own broker.
+
+mod crash;
+mod end_to_end;
+mod race;
+mod redelivery;
+mod support;

@@ -1,0 +1,171 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use deadpool_postgres::Pool;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use orderflow_common::config::KafkaSettings;
+use orderflow_common::db;
+use orderflow_common::dev_broker::DevBroker;
+use orderflow_common::order::{NewOrder, PlacedOrder};
+use orderflow_common::testing::{eventually, TestDatabase};
+use orderflow_consumer::stats::Stats;
+use orderflow_consumer::{Application, Settings};
+
+pub const TOPIC: &str = "orders-placed";
+
+pub struct Stack {
+    pub broker: DevBroker,
+    pub pool: Pool,
+    pub database: TestDatabase,
+}
+
+impl Stack {
+    /// A dev broker with `partitions` on the orders topic and a migrated, seeded database.
+    pub async fn start(partitions: i32) -> Self {
+        let broker = DevBroker::start("127.0.0.1:0".parse().unwrap(), &[(TOPIC.into(), partitions)]).await.unwrap();
+        let database = TestDatabase::create().await;
+        let pool = db::pool(&database.settings()).unwrap();
+        db::migrate(&pool).await.unwrap();
+        Self { broker, pool, database }
+    }
+
+    pub fn kafka(&self) -> KafkaSettings {
+        KafkaSettings::new(self.broker.bootstrap_servers())
+    }
+
+    pub fn consumer_settings(&self) -> Settings {
+        let mut settings = Settings::new(self.kafka(), self.database.settings());
+        settings.group.session_timeout_ms = 3000;
+        settings.batch.max_wait_ms = 10;
+        settings
+    }
+
+    pub async fn start_consumer(&self, customize: impl FnOnce(&mut Settings)) -> RunningConsumer {
+        let mut settings = self.consumer_settings();
+        customize(&mut settings);
+        let app = Application::build(settings).await.expect("consumer starts");
+        let (shutdown, stats) = (app.shutdown_token(), app.stats());
+        RunningConsumer { shutdown, stats, task: tokio::spawn(app.run_until_stopped()) }
+    }
+
+    pub async fn set_stock(&self, product: &str, quantity: i64) {
+        self.pool
+            .get()
+            .await
+            .unwrap()
+            .execute(
+                "UPDATE inventory SET available_quantity = $2, reserved_quantity = 0, total_quantity = $2 \
+                 WHERE product_id = $1",
+                &[&product, &quantity],
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn order_count(&self) -> i64 {
+        self.pool.get().await.unwrap().query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0)
+    }
+
+    pub async fn wait_for_orders(&self, expected: i64, timeout: Duration) {
+        eventually(timeout, &format!("{expected} orders in the database"), || async {
+            (self.order_count().await >= expected).then_some(())
+        })
+        .await;
+        assert_eq!(self.order_count().await, expected, "no more orders than were sent");
+    }
+
+    /// Every inventory row adds up, and what it holds reserved is exactly the sum of its
+    /// reserved orders: an order applied twice, or stock taken for an order that is not
+    /// there, breaks the second check.
+    pub async fn assert_invariants(&self) {
+        let client = self.pool.get().await.unwrap();
+        let broken = client
+            .query(
+                "SELECT i.product_id, i.available_quantity, i.reserved_quantity, i.total_quantity, \
+                        coalesce(sum(o.quantity) FILTER (WHERE o.status = 'reserved'), 0)::bigint AS reserved_orders \
+                 FROM inventory i LEFT JOIN orders o ON o.product_id = i.product_id \
+                 GROUP BY i.product_id \
+                 HAVING i.available_quantity < 0 OR i.reserved_quantity < 0 \
+                     OR i.available_quantity + i.reserved_quantity <> i.total_quantity \
+                     OR i.reserved_quantity <> coalesce(sum(o.quantity) FILTER (WHERE o.status = 'reserved'), 0)",
+                &[],
+            )
+            .await
+            .unwrap();
+        let broken: Vec<String> = broken.iter().map(|row| format!("{row:?}")).collect();
+        assert!(broken.is_empty(), "inventory invariants broken: {broken:?}");
+    }
+
+    pub async fn status_counts(&self, product: &str) -> (i64, i64, i64) {
+        let row = self
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT count(*) FILTER (WHERE status = 'reserved'), \
+                        count(*) FILTER (WHERE status = 'rejected' AND reason = 'insufficient_stock'), \
+                        count(*) FILTER (WHERE status = 'rejected' AND reason <> 'insufficient_stock') \
+                 FROM orders WHERE product_id = $1",
+                &[&product],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    }
+
+    pub fn kafka_producer(&self) -> FutureProducer {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.broker.bootstrap_servers())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .unwrap()
+    }
+
+    /// Publishes raw payloads as a broken or test client would, bypassing the API.
+    pub async fn publish_raw(&self, producer: &FutureProducer, messages: &[(String, Vec<u8>)]) {
+        let sends = messages.iter().map(|(key, payload)| {
+            producer.send(FutureRecord::to(TOPIC).key(key.as_bytes()).payload(payload), Timeout::After(Duration::from_secs(10)))
+        });
+        for result in futures::future::join_all(sends).await {
+            result.expect("broker acknowledged");
+        }
+    }
+}
+
+pub fn placed_order(customer: &str, product: &str, quantity: i32) -> PlacedOrder {
+    let order = NewOrder { customer_id: customer.into(), product_id: product.into(), quantity, amount_cents: 1999 };
+    PlacedOrder::new(order, Uuid::now_v7(), Utc::now())
+}
+
+pub fn message(order: &PlacedOrder) -> (String, Vec<u8>) {
+    (order.customer_id.clone(), serde_json::to_vec(order).unwrap())
+}
+
+pub struct RunningConsumer {
+    pub shutdown: CancellationToken,
+    pub stats: Arc<Stats>,
+    pub task: JoinHandle<()>,
+}
+
+impl RunningConsumer {
+    /// Stops as SIGTERM would and waits for the final commit.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("consumer stops in time").unwrap();
+    }
+
+    pub async fn wait_processed(&self, expected: u64, timeout: Duration) {
+        eventually(timeout, &format!("consumer to process {expected} messages"), || async {
+            (self.stats.totals().processed >= expected).then_some(())
+        })
+        .await;
+    }
+}

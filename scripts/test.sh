@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite: Rust tests (with a real PostgreSQL) and the compose file check.
+# Extra arguments go to `cargo nextest run`, e.g. scripts/test.sh -p consumer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+ensure_rust_tools
+
+# Tests create and drop their own orderflow_test_* databases on this server.
+DATABASE_URL="${TEST_DATABASE_URL:-${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}}"
+ensure_postgres
+TEST_DATABASE_URL="$DATABASE_URL"
+export TEST_DATABASE_URL DATABASE_URL
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+
+failed_steps=()
+
+log "cargo nextest run --workspace --no-fail-fast $*"
+cargo nextest run --workspace --no-fail-fast "$@" || failed_steps+=("cargo nextest")
+
+if [ -f docker-compose.yml ]; then
+    if ! command -v docker-compose >/dev/null 2>&1; then
+        # Recommends would pull in the whole Docker engine, which config -q does not need.
+        apt_install --no-install-recommends docker-compose
+    fi
+    # Parses and validates the file only; needs no Docker daemon.
+    log "docker-compose config -q"
+    docker-compose -f docker-compose.yml config -q || failed_steps+=("docker-compose config")
+else
+    log "no docker-compose.yml at the repo root; skipping the compose check"
+fi
+
+if [ "${#failed_steps[@]}" -gt 0 ]; then
+    echo "test.sh: FAILED steps: ${failed_steps[*]}" >&2
+    exit 1
+fi
+echo "test.sh: all steps succeeded"
