@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod dev_broker;
 pub mod kafka;
+pub mod metrics;
 pub mod order;
 pub mod telemetry;
 pub mod testing;

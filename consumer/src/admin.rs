@@ -21,6 +21,7 @@ pub struct AdminState {
     pub stats: Arc<Stats>,
     pub topic: String,
     pub started: Instant,
+    pub metrics: orderflow_common::metrics::PrometheusHandle,
 }
 
 pub fn routes(config: &mut web::ServiceConfig) {
@@ -28,6 +29,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
         .route("/status", web::get().to(status))
+        .route("/metrics", web::get().to(metrics))
         .default_service(web::to(|| async { HttpResponse::NotFound().json(json!({"error": "route not found"})) }));
 }
 
@@ -62,6 +64,12 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(orderflow_common::metrics::render(&state.metrics, &state.pool))
 }
 
 async fn status(state: web::Data<AdminState>) -> HttpResponse {

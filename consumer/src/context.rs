@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::offsets::ProcessedOffsets;
@@ -14,7 +15,21 @@ pub struct OrderflowContext {
     pub offsets: Arc<ProcessedOffsets>,
 }
 
-impl ClientContext for OrderflowContext {}
+impl ClientContext for OrderflowContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`) carry each assigned
+    /// partition's lag; exporting them costs no extra broker round trip.
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (partition, stats) in &topic.partitions {
+            // -1 is librdkafka's internal "unassigned" partition; lag -1 means unknown yet.
+            if *partition >= 0 && stats.consumer_lag >= 0 {
+                metrics::gauge!("consumer_lag", "partition" => partition.to_string()).set(stats.consumer_lag as f64);
+            }
+        }
+    }
+}
 
 fn partitions(list: &TopicPartitionList) -> Vec<i32> {
     list.elements().iter().map(|element| element.partition()).collect()
@@ -27,6 +42,10 @@ impl ConsumerContext for OrderflowContext {
             Rebalance::Revoke(list) => {
                 let revoked = partitions(list);
                 tracing::info!(partitions = ?revoked, "partitions revoked");
+                // The new owner reports these now; a stale value here would count twice.
+                for partition in &revoked {
+                    metrics::gauge!("consumer_lag", "partition" => partition.to_string()).set(0.0);
+                }
                 // The batch loop polls only between batches, so nothing is in flight here:
                 // everything recorded is committed in PostgreSQL. Messages of these partitions
                 // still in hand are dropped by the loop and redelivered to the next owner.

@@ -111,6 +111,7 @@ impl Pipeline {
             }
         }
         let applied = self.workers.write(&orders, abandon).await?;
+        let positions_len = positions.len();
         for (partition, offset) in positions {
             self.offsets.record(partition, offset);
         }
@@ -118,11 +119,11 @@ impl Pipeline {
         if let Err(error) = self.consumer.commit(&commit, CommitMode::Async) {
             tracing::warn!(%error, "could not queue the offset commit; retried after the next batch");
         }
-        self.stats.record_batch(applied.reserved, applied.rejected, applied.already_applied, failed);
+        self.stats.record_batch(&applied, failed, positions_len, started.elapsed());
         tracing::debug!(
             orders = orders.len(),
             reserved = applied.reserved,
-            rejected = applied.rejected,
+            rejected = applied.rejected(),
             already_applied = applied.already_applied,
             failed,
             elapsed_ms = started.elapsed().as_millis() as u64,

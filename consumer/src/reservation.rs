@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use orderflow_common::order::ValidOrder;
 
-use crate::allocation::{allocate, Decision};
+use crate::allocation::{allocate, Decision, RejectReason};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {
@@ -41,15 +41,23 @@ impl From<tokio_postgres::Error> for ReserveError {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
     pub reserved: u64,
-    pub rejected: u64,
+    pub insufficient_stock: u64,
+    pub unknown_product: u64,
     /// Orders that were already in the database (redeliveries): left untouched.
     pub already_applied: u64,
+}
+
+impl Applied {
+    pub fn rejected(&self) -> u64 {
+        self.insufficient_stock + self.unknown_product
+    }
 }
 
 impl std::ops::AddAssign for Applied {
     fn add_assign(&mut self, other: Self) {
         self.reserved += other.reserved;
-        self.rejected += other.rejected;
+        self.insufficient_stock += other.insufficient_stock;
+        self.unknown_product += other.unknown_product;
         self.already_applied += other.already_applied;
     }
 }
@@ -108,8 +116,13 @@ pub async fn reserve(pool: &Pool, orders: &[&ValidOrder]) -> Result<Applied, Res
     take_stock(&transaction, &stock_before, &available).await?;
     transaction.commit().await?;
 
-    let reserved = decisions.iter().filter(|d| **d == Decision::Reserved).count() as u64;
-    Ok(Applied { reserved, rejected: new.len() as u64 - reserved, already_applied: applied.len() as u64 })
+    let count = |wanted: Decision| decisions.iter().filter(|d| **d == wanted).count() as u64;
+    Ok(Applied {
+        reserved: count(Decision::Reserved),
+        insufficient_stock: count(Decision::Rejected(RejectReason::InsufficientStock)),
+        unknown_product: count(Decision::Rejected(RejectReason::UnknownProduct)),
+        already_applied: applied.len() as u64,
+    })
 }
 
 async fn insert_orders(

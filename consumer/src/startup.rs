@@ -62,6 +62,7 @@ impl Application {
             stats: stats.clone(),
             topic: settings.kafka.topic.clone(),
             started: Instant::now(),
+            metrics: orderflow_common::metrics::install(),
         });
         let admin = HttpServer::new(move || App::new().app_data(state.clone()).configure(admin::routes))
             .workers(1)
@@ -144,7 +145,9 @@ fn create_consumer(settings: &Settings, offsets: Arc<ProcessedOffsets>) -> Resul
         .set("auto.offset.reset", "earliest")
         // Bounds the prefetch buffer, and so the consumer's memory.
         .set("queued.max.messages.kbytes", "32768")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // Feeds the consumer_lag gauges (see context.rs).
+        .set("statistics.interval.ms", "5000");
     if settings.group.protocol == "classic" {
         config
             .set("session.timeout.ms", settings.group.session_timeout_ms.to_string())

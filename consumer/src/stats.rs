@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::reservation::Applied;
+
 #[derive(Debug, Default)]
 pub struct Stats {
     processed: AtomicU64,
@@ -35,21 +37,33 @@ pub struct Totals {
 }
 
 impl Stats {
-    pub fn record_batch(&self, reserved: u64, rejected: u64, already_applied: u64, failed: u64) {
-        self.reserved.fetch_add(reserved, Relaxed);
+    /// Records a committed batch, in the totals and as Prometheus metrics.
+    pub fn record_batch(&self, applied: &Applied, failed: u64, size: usize, elapsed: Duration) {
+        let rejected = applied.rejected();
+        self.reserved.fetch_add(applied.reserved, Relaxed);
         self.rejected.fetch_add(rejected, Relaxed);
-        self.already_applied.fetch_add(already_applied, Relaxed);
+        self.already_applied.fetch_add(applied.already_applied, Relaxed);
         self.failed.fetch_add(failed, Relaxed);
-        self.processed.fetch_add(reserved + rejected + already_applied + failed, Relaxed);
+        self.processed.fetch_add(applied.reserved + rejected + applied.already_applied + failed, Relaxed);
         self.batches.fetch_add(1, Relaxed);
+        metrics::histogram!("consumer_batch_size").record(size as f64);
+        metrics::histogram!("consumer_batch_duration_seconds").record(elapsed.as_secs_f64());
+        metrics::counter!("orders_reserved_total").increment(applied.reserved);
+        metrics::counter!("orders_rejected_total", "reason" => "insufficient_stock").increment(applied.insufficient_stock);
+        metrics::counter!("orders_rejected_total", "reason" => "unknown_product").increment(applied.unknown_product);
+        metrics::counter!("orders_already_applied_total").increment(applied.already_applied);
+        metrics::counter!("consumer_invalid_messages_total").increment(failed);
     }
 
     pub fn record_lock_conflict(&self) {
         self.lock_conflicts.fetch_add(1, Relaxed);
+        metrics::counter!("lock_conflicts_total").increment(1);
+        metrics::counter!("transaction_retries_total", "cause" => "lock_conflict").increment(1);
     }
 
     pub fn record_database_error(&self) {
         self.database_errors.fetch_add(1, Relaxed);
+        metrics::counter!("transaction_retries_total", "cause" => "database_error").increment(1);
     }
 
     pub fn totals(&self) -> Totals {

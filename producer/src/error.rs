@@ -45,6 +45,27 @@ impl From<deadpool_postgres::PoolError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// Short, fixed label for the `orders_refused_total` metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Validation(_) => "validation",
+            Self::MalformedJson(_) | Self::BadRequest(_) => "bad_request",
+            Self::PayloadTooLarge { .. } => "too_large",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Unavailable(_) => "kafka_unavailable",
+            Self::Database(_) => "database_unavailable",
+        }
+    }
+}
+
+/// Counts orders refused at the order routes, by reason.
+pub fn count_refused(orders: usize, error: &ApiError) {
+    metrics::counter!("orders_refused_total", "reason" => error.reason()).increment(orders as u64);
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {

@@ -1,6 +1,7 @@
 //! orderflow producer: the REST API that validates orders and publishes them to Kafka.
 
 pub mod error;
+pub mod http_metrics;
 pub mod publisher;
 pub mod rate_limit;
 pub mod routes;

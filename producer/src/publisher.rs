@@ -58,15 +58,21 @@ impl OrderPublisher {
             let record = FutureRecord::to(&self.topic).key(order.customer_id.as_bytes()).payload(payload);
             self.producer.send(record, Timeout::After(self.timeout))
         });
+        let started = std::time::Instant::now();
         // message.timeout.ms already bounds each delivery; this is the backstop.
-        let results = tokio::time::timeout(self.timeout + Duration::from_secs(1), join_all(deliveries))
-            .await
-            .map_err(|_| PublishError::TimedOut(self.timeout))?;
+        let results = tokio::time::timeout(self.timeout + Duration::from_secs(1), join_all(deliveries)).await;
+        metrics::histogram!("kafka_produce_duration_seconds").record(started.elapsed().as_secs_f64());
+        let Ok(results) = results else {
+            metrics::counter!("kafka_produce_errors_total").increment(orders.len() as u64);
+            return Err(PublishError::TimedOut(self.timeout));
+        };
         let mut failures = results.into_iter().filter_map(Result::err);
         let Some((first, _)) = failures.next() else {
             return Ok(());
         };
-        Err(PublishError::NotAcknowledged { failed: 1 + failures.count(), total: orders.len(), first })
+        let failed = 1 + failures.count();
+        metrics::counter!("kafka_produce_errors_total").increment(failed as u64);
+        Err(PublishError::NotAcknowledged { failed, total: orders.len(), first })
     }
 
     /// Readiness: the topic's metadata can be fetched through the producer's own connection.

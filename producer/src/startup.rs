@@ -13,6 +13,7 @@ use orderflow_common::db::{self, DbError};
 
 use crate::error::{self, ApiError};
 use crate::publisher::OrderPublisher;
+use crate::http_metrics;
 use crate::rate_limit::{self, RateLimits};
 use crate::routes;
 use crate::settings::Settings;
@@ -49,6 +50,7 @@ impl Application {
         let listener = TcpListener::bind(settings.listen).map_err(listen)?;
         let port = listener.local_addr().map_err(listen)?.port();
 
+        let metrics = web::Data::new(orderflow_common::metrics::install());
         let publisher_data = web::Data::from(publisher.clone());
         let pool = web::Data::new(pool);
         let limit_settings = settings.limits.clone();
@@ -63,6 +65,9 @@ impl Application {
                 .error_handler(error::json_error(limit_settings.max_batch_bytes));
             App::new()
                 .wrap(from_fn(rate_limit::enforce))
+                // Outermost, so rate-limited requests are counted too.
+                .wrap(from_fn(http_metrics::record))
+                .app_data(metrics.clone())
                 .app_data(publisher_data.clone())
                 .app_data(pool.clone())
                 .app_data(limits.clone())
@@ -83,6 +88,7 @@ impl Application {
                 .route("/inventory/{product_id}", web::get().to(routes::get_inventory))
                 .route("/health", web::get().to(routes::health))
                 .route("/ready", web::get().to(routes::ready))
+                .route("/metrics", web::get().to(routes::metrics))
                 .default_service(web::to(not_found))
         })
         .listen(listener)

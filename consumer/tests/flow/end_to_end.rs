@@ -78,6 +78,10 @@ async fn orders_placed_over_http_end_up_reserved_or_rejected() {
     let status: Value = consumer.stats.totals().into_json();
     assert_eq!(status["reserved"], 4);
     assert_eq!(status["rejected"], 2);
+    let metrics = orderflow_common::metrics::render(&orderflow_common::metrics::install(), &stack.pool);
+    for expected in ["orders_reserved_total", r#"orders_rejected_total{reason="unknown_product"}"#, "consumer_batch_size_bucket", "consumer_batch_duration_seconds_bucket"] {
+        assert!(metrics.contains(expected), "missing {expected}");
+    }
     consumer.stop().await;
 }
 

@@ -3,12 +3,14 @@
 mod get_inventory;
 mod get_order;
 mod health;
+mod metrics;
 mod place_batch;
 mod place_order;
 
 pub use get_inventory::get_inventory;
 pub use get_order::get_order;
 pub use health::{health, ready};
+pub use metrics::metrics;
 pub use place_batch::{place_batch, MAX_BATCH_ORDERS};
 pub use place_order::place_order;
 

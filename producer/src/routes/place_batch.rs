@@ -7,7 +7,7 @@ use uuid::Uuid;
 use orderflow_common::order::{FieldError, NewOrder, PlacedOrder};
 
 use super::AcceptedOrder;
-use crate::error::ApiError;
+use crate::error::{count_refused, ApiError};
 use crate::publisher::OrderPublisher;
 
 pub const MAX_BATCH_ORDERS: usize = 5000;
@@ -32,7 +32,16 @@ pub async fn place_batch(body: web::Json<Value>, publisher: web::Data<OrderPubli
         )));
     }
     tracing::Span::current().record("orders", entries.len());
-    let (orders, errors) = validate_all(&entries);
+    let result = place_all(&entries, &publisher).await;
+    match &result {
+        Ok(accepted) => metrics::counter!("orders_accepted_total").increment(accepted.accepted as u64),
+        Err(error) => count_refused(entries.len(), error),
+    }
+    Ok(HttpResponse::Accepted().json(result?))
+}
+
+async fn place_all(entries: &[Value], publisher: &OrderPublisher) -> Result<BatchAccepted, ApiError> {
+    let (orders, errors) = validate_all(entries);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -41,7 +50,7 @@ pub async fn place_batch(body: web::Json<Value>, publisher: web::Data<OrderPubli
         orders.into_iter().map(|order| PlacedOrder::new(order, Uuid::now_v7(), placed_at)).collect();
     publisher.publish(&placed).await?;
     let orders: Vec<AcceptedOrder> = placed.iter().map(|order| AcceptedOrder::new(order.order_id)).collect();
-    Ok(HttpResponse::Accepted().json(BatchAccepted { accepted: orders.len(), orders }))
+    Ok(BatchAccepted { accepted: orders.len(), orders })
 }
 
 fn validate_all(entries: &[Value]) -> (Vec<NewOrder>, Vec<FieldError>) {

@@ -1,0 +1,10 @@
+use actix_web::{web, HttpResponse};
+use deadpool_postgres::Pool;
+use orderflow_common::metrics::PrometheusHandle;
+
+/// GET /metrics: Prometheus text format.
+pub async fn metrics(handle: web::Data<PrometheusHandle>, pool: web::Data<Pool>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(orderflow_common::metrics::render(&handle, &pool))
+}
