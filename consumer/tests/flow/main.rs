@@ -3,6 +3,7 @@
 
 mod crash;
 mod end_to_end;
+mod invalid;
 mod race;
 mod redelivery;
 mod support;
