@@ -1,0 +1,241 @@
+//! `loadgen`: drives orderflow through its public API and measures it from the database,
+//! beside two references on the same PostgreSQL. See scripts/bench.sh.
+
+mod chart;
+mod load;
+mod measure;
+mod reference;
+mod report;
+mod rss;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use orderflow_common::config::DatabaseSettings;
+use orderflow_common::db;
+use orderflow_common::testing::TestDatabase;
+
+use crate::load::LoadSettings;
+use crate::report::{Machine, Reference, Report, Run};
+use crate::workload::Workload;
+
+#[derive(Debug, Parser)]
+#[command(about = "orderflow load generator and benchmark")]
+struct Args {
+    /// Producer API base URL.
+    #[arg(long, env = "PRODUCER_URL", default_value = "http://127.0.0.1:8080")]
+    producer_url: String,
+    /// The database the consumer writes to (its stock is overwritten for the run's products).
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/orderflow")]
+    database_url: String,
+    /// Workloads to run, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Workload::FlashSale, Workload::OneHotRow, Workload::Catalog])]
+    workloads: Vec<Workload>,
+    /// Orders per workload.
+    #[arg(long, default_value_t = 200_000)]
+    orders: usize,
+    /// Orders per request (1 = single-order mode on POST /order).
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Random seed: the same seed gives the same orders.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Warm-up orders (on a product of their own), not counted.
+    #[arg(long, default_value_t = 20_000)]
+    warmup: usize,
+    /// Also run flash-sale open-loop at this fraction of its measured end-to-end rate (0 = no).
+    #[arg(long, default_value_t = 0.5)]
+    open_loop_fraction: f64,
+    /// Orders for the per-order reference (it is slow; its rate is what matters).
+    #[arg(long, default_value_t = 20_000)]
+    reference_orders: usize,
+    /// Concurrent workers of the per-order reference.
+    #[arg(long, default_value_t = 50)]
+    reference_workers: usize,
+    /// Orders per transaction group in the set-based ceiling.
+    #[arg(long, default_value_t = 5000)]
+    ceiling_batch: usize,
+    /// Parallel writers (split by product) in the set-based ceiling.
+    #[arg(long, default_value_t = 4)]
+    ceiling_workers: usize,
+    #[arg(long)]
+    skip_references: bool,
+    /// Longest wait for the consumer to finalize a run's orders.
+    #[arg(long, default_value_t = 600)]
+    timeout_seconds: u64,
+    /// Where JSON, Markdown and the chart go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    #[arg(long, default_value = ".run/pids/producer.pid")]
+    producer_pid_file: String,
+    #[arg(long, default_value = ".run/pids/consumer.pid")]
+    consumer_pid_file: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    orderflow_common::telemetry::init(orderflow_common::config::LogFormat::Text);
+    let args = Args::parse();
+    let pool = db::pool(&DatabaseSettings::new(&args.database_url))?;
+    db::ping(&pool).await.context("database not reachable: is the stack up (scripts/up.sh)?")?;
+    let mut report = Report {
+        started_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: Machine::detect(),
+        runs: Vec::new(),
+        references: Vec::new(),
+    };
+    let load = LoadSettings { producer_url: args.producer_url.clone(), batch_size: args.batch_size, clients: args.clients, rate: None };
+
+    if args.warmup > 0 {
+        warm_up(&args, &pool, &load).await?;
+    }
+    for workload in &args.workloads {
+        let run = run_workload(&args, &pool, &load, *workload, workload.name().to_owned()).await?;
+        let open_loop = *workload == Workload::FlashSale && args.open_loop_fraction > 0.0;
+        let half = run.outcome.end_to_end_per_second * args.open_loop_fraction;
+        report.runs.push(run);
+        if open_loop && half > 0.0 {
+            let settings = LoadSettings { rate: Some(half), ..load.clone() };
+            let name = format!("flash-sale open loop @ {half:.0}/s");
+            report.runs.push(run_workload(&args, &pool, &settings, *workload, name).await?);
+        }
+    }
+    if !args.skip_references {
+        report.references.push(per_order_reference(&args).await?);
+        report.references.push(set_based_reference(&args).await?);
+    }
+
+    std::fs::create_dir_all(&args.out)?;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let json = args.out.join(format!("bench-{stamp}.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    let markdown = report.markdown();
+    std::fs::write(args.out.join(format!("bench-{stamp}.md")), &markdown)?;
+    std::fs::write(args.out.join("latest.md"), &markdown)?;
+    let png = args.out.join(format!("bench-{stamp}.png"));
+    if let Err(error) = chart::draw(&report, &png) {
+        eprintln!("chart not drawn: {error}");
+    }
+    println!("\n{markdown}");
+    println!("results: {} (and .md, .png)", json.display());
+    let failed = report.runs.iter().any(|run| !run.checks.passed()) || report.references.iter().any(|r| !r.checks_passed);
+    anyhow::ensure!(!failed, "a correctness check failed: see the table");
+    Ok(())
+}
+
+async fn warm_up(args: &Args, pool: &Pool, load: &LoadSettings) -> anyhow::Result<()> {
+    let product = "BENCH-WARMUP".to_owned();
+    measure::set_stock(pool, &[(product.clone(), i64::MAX / 4)]).await?;
+    let orders: Vec<_> = Workload::OneHotRow
+        .orders(args.warmup, args.seed)
+        .into_iter()
+        .map(|order| workload::Order { product_id: product.clone(), ..order })
+        .collect();
+    let floor = Uuid::now_v7();
+    let result = load::run(load, load::bodies(&orders, args.batch_size), "warm-up").await;
+    measure::wait_finalized(pool, floor, result.accepted.len() as i64, Duration::from_secs(args.timeout_seconds)).await?;
+    Ok(())
+}
+
+async fn run_workload(args: &Args, pool: &Pool, load: &LoadSettings, workload: Workload, name: String) -> anyhow::Result<Run> {
+    let orders = workload.orders(args.orders, args.seed);
+    let stock = workload.stock(&orders);
+    measure::set_stock(pool, &stock).await?;
+    let producer_rss = rss::PeakRss::start(rss::pid_from_file(&args.producer_pid_file));
+    let consumer_rss = rss::PeakRss::start(rss::pid_from_file(&args.consumer_pid_file));
+    let floor = Uuid::now_v7();
+    let result = load::run(load, load::bodies(&orders, args.batch_size), &name).await;
+    let expected = result.accepted.len() as i64;
+    let finalized = measure::wait_finalized(pool, floor, expected, Duration::from_secs(args.timeout_seconds)).await?;
+    if finalized < expected {
+        eprintln!("{name}: only {finalized} of {expected} accepted orders finalized within {} s", args.timeout_seconds);
+    }
+    let (producer_peak, consumer_peak) = (producer_rss.finish(), consumer_rss.finish());
+    let outcome = measure::outcome(pool, floor).await?;
+    let checks = measure::checks(pool, floor, &result.accepted, &stock).await?;
+    eprintln!("{name}: {:.0} accepted/s, {:.0} end-to-end/s, p99 {:.0} ms", result.accepted_per_second(), outcome.end_to_end_per_second, outcome.latency.p99_ms);
+    Ok(Run {
+        name,
+        orders: orders.len(),
+        batch_size: load.batch_size,
+        clients: load.clients,
+        offered_rate: load.rate,
+        accepted_per_second: result.accepted_per_second(),
+        failed_orders: result.failed_orders,
+        outcome,
+        checks,
+        producer_peak_rss_mib: producer_peak,
+        consumer_peak_rss_mib: consumer_peak,
+    })
+}
+
+/// A scratch database on the same server, migrated, with the workload's stock.
+async fn scratch(stock: &[(String, i64)]) -> anyhow::Result<(TestDatabase, Pool)> {
+    let database = TestDatabase::create().await;
+    let mut settings = database.settings();
+    settings.pool_size = 64;
+    let pool = db::pool(&settings)?;
+    db::migrate(&pool).await?;
+    measure::set_stock(&pool, stock).await?;
+    Ok((database, pool))
+}
+
+async fn per_order_reference(args: &Args) -> anyhow::Result<Reference> {
+    let orders = Workload::FlashSale.orders(args.reference_orders, args.seed);
+    let stock = Workload::FlashSale.stock(&orders);
+    let (_database, pool) = scratch(&stock).await?;
+    let floor = Uuid::now_v7();
+    eprintln!("per-order reference: {} orders, {} workers", orders.len(), args.reference_workers);
+    let elapsed = reference::per_order(&pool, &orders, args.reference_workers).await?;
+    finish_reference(format!("per-order design ({} workers)", args.reference_workers), &pool, floor, orders.len(), elapsed, &stock).await
+}
+
+async fn set_based_reference(args: &Args) -> anyhow::Result<Reference> {
+    let orders = Workload::FlashSale.orders(args.orders, args.seed);
+    let stock = Workload::FlashSale.stock(&orders);
+    let (_database, pool) = scratch(&stock).await?;
+    let floor = Uuid::now_v7();
+    eprintln!("set-based ceiling: {} orders", orders.len());
+    let elapsed = reference::set_based(&pool, &orders, args.ceiling_batch, args.ceiling_workers).await?;
+    finish_reference("set-based database ceiling".into(), &pool, floor, orders.len(), elapsed, &stock).await
+}
+
+async fn finish_reference(
+    name: String,
+    pool: &Pool,
+    floor: Uuid,
+    orders: usize,
+    elapsed: Duration,
+    stock: &[(String, i64)],
+) -> anyhow::Result<Reference> {
+    let outcome = measure::outcome(pool, floor).await?;
+    let ids: Vec<Uuid> = pool
+        .get()
+        .await?
+        .query("SELECT order_id FROM orders WHERE order_id >= $1", &[&floor])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let checks = measure::checks(pool, floor, &ids, stock).await?;
+    let per_second = orders as f64 / elapsed.as_secs_f64();
+    eprintln!("{name}: {per_second:.0} orders/s");
+    Ok(Reference {
+        name,
+        orders,
+        seconds: elapsed.as_secs_f64(),
+        per_second,
+        checks_passed: checks.passed() && ids.len() == orders,
+        timeline: outcome.timeline,
+    })
+}

@@ -1,0 +1,142 @@
+//! The benchmark's results: JSON for machines, a Markdown table for people, one summary
+//! line per workload.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::measure::{Checks, Outcome};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub started_at: String,
+    pub command: String,
+    pub machine: Machine,
+    pub runs: Vec<Run>,
+    pub references: Vec<Reference>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub memory_gib: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Run {
+    pub name: String,
+    pub orders: usize,
+    pub batch_size: usize,
+    pub clients: usize,
+    pub offered_rate: Option<f64>,
+    pub accepted_per_second: f64,
+    pub failed_orders: usize,
+    pub outcome: Outcome,
+    pub checks: Checks,
+    pub producer_peak_rss_mib: f64,
+    pub consumer_peak_rss_mib: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Reference {
+    pub name: String,
+    pub orders: usize,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub checks_passed: bool,
+    pub timeline: Vec<(f64, i64)>,
+}
+
+impl Machine {
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name").map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned()))
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib: f64 = meminfo
+            .lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        Self { cores: std::thread::available_parallelism().map_or(1, usize::from), cpu, memory_gib: kib / 1024.0 / 1024.0 }
+    }
+}
+
+impl Report {
+    fn reference(&self, prefix: &str) -> Option<&Reference> {
+        self.references.iter().find(|r| r.name.starts_with(prefix))
+    }
+
+    /// One line per run: end-to-end rate and its ratios to the two references.
+    pub fn summary(&self) -> Vec<String> {
+        let per_order = self.reference("per-order").map(|r| r.per_second);
+        let ceiling = self.reference("set-based").map(|r| r.per_second);
+        self.runs
+            .iter()
+            .map(|run| {
+                let e2e = run.outcome.end_to_end_per_second;
+                let ratio = |reference: Option<f64>| reference.map_or("n/a".to_owned(), |r| format!("{:.1}x", e2e / r));
+                format!(
+                    "{}: {:.0} orders/s end-to-end, {:.0}/s accepted, p99 {:.0} ms; vs per-order design {}, vs database ceiling {}; checks {}",
+                    run.name,
+                    e2e,
+                    run.accepted_per_second,
+                    run.outcome.latency.p99_ms,
+                    ratio(per_order),
+                    ratio(ceiling),
+                    if run.checks.passed() { "passed" } else { "FAILED" }
+                )
+            })
+            .collect()
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let _ = writeln!(out, "Measured {} on {} cores ({}), {:.0} GiB, everything on one machine.", self.started_at, m.cores, m.cpu, m.memory_gib);
+        let _ = writeln!(out, "Command: `{}`\n", self.command);
+        let _ = writeln!(
+            out,
+            "| run | orders | accepted/s | end-to-end/s | p50 ms | p95 ms | p99 ms | max ms | reserved | rejected | producer RSS MiB | consumer RSS MiB | exactly once, no oversell |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for run in &self.runs {
+            let o = &run.outcome;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} | {} |",
+                run.name,
+                run.orders,
+                run.accepted_per_second,
+                o.end_to_end_per_second,
+                o.latency.p50_ms,
+                o.latency.p95_ms,
+                o.latency.p99_ms,
+                o.latency.max_ms,
+                o.reserved,
+                o.rejected,
+                run.producer_peak_rss_mib,
+                run.consumer_peak_rss_mib,
+                if run.checks.passed() { "yes".to_owned() } else { format!("NO: {:?}", run.checks) }
+            );
+        }
+        for reference in &self.references {
+            let _ = writeln!(
+                out,
+                "| {} | {} | | {:.0} | | | | | | | | | {} |",
+                reference.name,
+                reference.orders,
+                reference.per_second,
+                if reference.checks_passed { "yes" } else { "NO" }
+            );
+        }
+        out.push('\n');
+        for line in self.summary() {
+            let _ = writeln!(out, "- {line}");
+        }
+        out
+    }
+}

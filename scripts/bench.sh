@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Benchmark orderflow: starts the local stack (scripts/up.sh) unless PRODUCER_URL is given,
+# then runs the Rust load generator. Every argument goes to it; `scripts/bench.sh --help`
+# lists them (workloads, order counts, batch size, clients, seed, references, ...).
+# Results (JSON, Markdown, PNG chart) land in bench-results/ (git-ignored).
+# It overwrites the stock of the products it uses: do not point it at real data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+ensure_rust_tools
+# The chart's text needs a font file; this package ships DejaVu Sans.
+dpkg -s fonts-dejavu-core >/dev/null 2>&1 || apt_install fonts-dejavu-core
+
+if [ -z "${PRODUCER_URL:-}" ]; then
+    scripts/up.sh
+fi
+cargo build --release -p orderflow-bench
+exec target/release/loadgen "$@"
