@@ -46,9 +46,10 @@ impl ConsumerContext for OrderflowContext {
                 for partition in &revoked {
                     metrics::gauge!("consumer_lag", "partition" => partition.to_string()).set(0.0);
                 }
-                // The batch loop polls only between batches, so nothing is in flight here:
-                // everything recorded is committed in PostgreSQL. Messages of these partitions
-                // still in hand are dropped by the loop and redelivered to the next owner.
+                // Everything recorded is committed in PostgreSQL. A batch still being written
+                // finishes, but the loop records no offsets for partitions it no longer owns,
+                // and messages of these partitions still in hand are dropped: the next owner
+                // reads them again and applies them idempotently.
                 let done = self.offsets.to_commit(&self.topic, Some(&revoked));
                 if done.count() > 0 {
                     if let Err(error) = consumer.commit(&done, CommitMode::Sync) {

@@ -1,13 +1,12 @@
 //! The batch loop: collect a batch, drop what this member no longer owns, write it, then
-//! commit offsets. Strictly one batch at a time, so offsets are committed only after the
-//! database commit of everything before them, and the consumer polls (and so sees
-//! rebalances) only between batches.
+//! commit offsets, which move only past messages whose effects PostgreSQL has committed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::Message;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +16,8 @@ use crate::context::OrderflowContext;
 use crate::offsets::ProcessedOffsets;
 use crate::settings::BatchSettings;
 use crate::stats::Stats;
-use crate::worker_pool::WorkerPool;
+use crate::reservation::Applied;
+use crate::worker_pool::{Abandoned, WorkerPool};
 
 pub type OrderConsumer = StreamConsumer<OrderflowContext>;
 
@@ -30,28 +30,51 @@ struct Received {
 
 pub struct Pipeline {
     pub consumer: Arc<OrderConsumer>,
-    pub workers: WorkerPool,
+    pub workers: Arc<WorkerPool>,
     pub offsets: Arc<ProcessedOffsets>,
     pub stats: Arc<Stats>,
     pub settings: BatchSettings,
     pub topic: String,
 }
 
+/// A batch being written while the next one is collected.
+struct InFlight {
+    write: JoinHandle<Result<Applied, Abandoned>>,
+    positions: Vec<(i32, i64)>,
+    failed: u64,
+    started: Instant,
+}
+
 impl Pipeline {
-    /// Runs until `shutdown`; then finishes the batch in hand (unless `abandon` fires
+    /// Runs until `shutdown`; then finishes the batches in hand (unless `abandon` fires
     /// first) and commits synchronously.
+    ///
+    /// Two batches overlap: batch k is written while batch k+1 is fetched and parsed.
+    /// Writes stay strictly sequential, so a partition's offset is committed only after
+    /// every earlier message of it is in PostgreSQL.
     pub async fn run(self, shutdown: CancellationToken, abandon: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            let batch = self.collect(&shutdown).await;
+        let mut in_flight: Option<InFlight> = None;
+        loop {
+            let batch = if shutdown.is_cancelled() {
+                Vec::new()
+            } else {
+                self.collect(&shutdown, in_flight.is_some()).await
+            };
+            if let Some(previous) = in_flight.take() {
+                if self.finish(previous).await.is_err() {
+                    tracing::warn!("batch abandoned at shutdown; its offsets stay uncommitted and it will be redelivered");
+                    break;
+                }
+            }
             if batch.is_empty() {
+                if shutdown.is_cancelled() {
+                    break;
+                }
                 continue;
             }
-            if self.process(batch, &abandon).await.is_err() {
-                tracing::warn!("batch abandoned at shutdown; its offsets stay uncommitted and it will be redelivered");
-                break;
-            }
+            in_flight = Some(self.start(batch, &abandon));
         }
-        let done = self.offsets.to_commit(&self.topic, None);
+        let done = self.offsets.to_commit(&self.topic, Some(&self.assigned()));
         if done.count() > 0 {
             match self.consumer.commit(&done, CommitMode::Sync) {
                 Ok(()) => tracing::info!(partitions = done.count(), "final offset commit done"),
@@ -63,11 +86,13 @@ impl Pipeline {
     }
 
     /// Waits for a first message, then gathers more until the batch is full or
-    /// `max_wait` has passed. Shutdown ends the wait with whatever is in hand.
-    async fn collect(&self, shutdown: &CancellationToken) -> Vec<Received> {
+    /// `max_wait` has passed. Shutdown ends the wait with whatever is in hand. With a batch
+    /// in flight, an idle wait also ends after `max_wait`, so that batch's offsets are
+    /// committed without waiting for more traffic.
+    async fn collect(&self, shutdown: &CancellationToken, batch_in_flight: bool) -> Vec<Received> {
         let max = self.settings.max_messages as usize;
         let mut batch = Vec::with_capacity(max.min(10_000));
-        let mut deadline = None;
+        let mut deadline = batch_in_flight.then(|| Instant::now() + self.settings.max_wait());
         while batch.len() < max {
             let until = deadline.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(1));
             let message = tokio::select! {
@@ -94,7 +119,7 @@ impl Pipeline {
         batch
     }
 
-    async fn process(&self, batch: Vec<Received>, abandon: &CancellationToken) -> Result<(), crate::worker_pool::Abandoned> {
+    fn start(&self, batch: Vec<Received>, abandon: &CancellationToken) -> InFlight {
         let started = Instant::now();
         let batch = self.drop_revoked(batch);
         let mut orders = Vec::with_capacity(batch.len());
@@ -110,35 +135,58 @@ impl Pipeline {
                 }
             }
         }
-        let applied = self.workers.write(&orders, abandon).await?;
-        let positions_len = positions.len();
-        for (partition, offset) in positions {
-            self.offsets.record(partition, offset);
+        let (workers, abandon) = (self.workers.clone(), abandon.clone());
+        let write = tokio::spawn(async move { workers.write(&orders, &abandon).await });
+        InFlight { write, positions, failed, started }
+    }
+
+    async fn finish(&self, in_flight: InFlight) -> Result<(), Abandoned> {
+        let applied = match in_flight.write.await {
+            Ok(result) => result?,
+            Err(error) => {
+                tracing::error!(%error, "batch writer task failed");
+                return Err(Abandoned);
+            }
+        };
+        // A partition revoked while this batch was written belongs to another member now:
+        // its offsets are that member's to commit, and it re-applies these orders idempotently.
+        let assigned = self.assigned();
+        for (partition, offset) in &in_flight.positions {
+            if assigned.contains(partition) {
+                self.offsets.record(*partition, *offset);
+            }
         }
-        let commit = self.offsets.to_commit(&self.topic, None);
-        if let Err(error) = self.consumer.commit(&commit, CommitMode::Async) {
-            tracing::warn!(%error, "could not queue the offset commit; retried after the next batch");
+        let commit = self.offsets.to_commit(&self.topic, Some(&assigned));
+        if commit.count() > 0 {
+            if let Err(error) = self.consumer.commit(&commit, CommitMode::Async) {
+                tracing::warn!(%error, "could not queue the offset commit; retried after the next batch");
+            }
         }
-        self.stats.record_batch(&applied, failed, positions_len, started.elapsed());
+        let size = in_flight.positions.len();
+        self.stats.record_batch(&applied, in_flight.failed, size, in_flight.started.elapsed());
         tracing::debug!(
-            orders = orders.len(),
+            messages = size,
             reserved = applied.reserved,
             rejected = applied.rejected(),
             already_applied = applied.already_applied,
-            failed,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            failed = in_flight.failed,
+            elapsed_ms = in_flight.started.elapsed().as_millis() as u64,
             "batch committed"
         );
         Ok(())
     }
 
+    fn assigned(&self) -> Vec<i32> {
+        self.consumer
+            .assignment()
+            .map(|list| list.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default()
+    }
+
     /// Messages of partitions revoked while the batch was being collected belong to their
     /// new owner now; writing them would be harmless (idempotent) but wasted.
     fn drop_revoked(&self, batch: Vec<Received>) -> Vec<Received> {
-        let Ok(assignment) = self.consumer.assignment() else {
-            return batch;
-        };
-        let owned: HashSet<i32> = assignment.elements().iter().map(|e| e.partition()).collect();
+        let owned: HashSet<i32> = self.assigned().into_iter().collect();
         let before = batch.len();
         let kept: Vec<Received> = batch.into_iter().filter(|r| owned.contains(&r.partition)).collect();
         if kept.len() < before {

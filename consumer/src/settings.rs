@@ -59,6 +59,9 @@ pub struct BatchSettings {
     /// Longest wait, after a batch's first message, for the batch to fill.
     #[arg(long = "batch-max-wait-ms", env = "BATCH_MAX_WAIT_MS", default_value_t = 20)]
     pub max_wait_ms: u64,
+    /// librdkafka fetch.wait.max.ms: longest time the broker may hold a fetch.
+    #[arg(long = "fetch-wait-max-ms", env = "KAFKA_FETCH_WAIT_MAX_MS", default_value_t = 10)]
+    pub fetch_wait_max_ms: u64,
     /// Workers that write a batch in parallel; a batch is split among them by product, so
     /// they never contend for the same row lock.
     #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
@@ -87,7 +90,7 @@ impl Default for GroupSettings {
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        Self { max_messages: 2000, max_wait_ms: 20, workers: 4, drain_timeout_ms: 20_000 }
+        Self { max_messages: 2000, max_wait_ms: 20, fetch_wait_max_ms: 10, workers: 4, drain_timeout_ms: 20_000 }
     }
 }
 

@@ -73,7 +73,7 @@ impl Application {
 
         let pipeline = Pipeline {
             consumer,
-            workers: WorkerPool::new(pool, settings.batch.workers as usize, stats.clone()),
+            workers: Arc::new(WorkerPool::new(pool, settings.batch.workers as usize, stats.clone())),
             offsets,
             stats: stats.clone(),
             settings: settings.batch.clone(),
@@ -145,7 +145,9 @@ fn create_consumer(settings: &Settings, offsets: Arc<ProcessedOffsets>) -> Resul
         .set("auto.offset.reset", "earliest")
         // Bounds the prefetch buffer, and so the consumer's memory.
         .set("queued.max.messages.kbytes", "32768")
-        .set("fetch.wait.max.ms", "100")
+        // The dev broker parks a fetch for this long even when data arrives, so it bounds
+        // latency directly: 100 ms gave p99 139 ms at half load, 10 ms gave 61 ms.
+        .set("fetch.wait.max.ms", settings.batch.fetch_wait_max_ms.to_string())
         // Feeds the consumer_lag gauges (see context.rs).
         .set("statistics.interval.ms", "5000");
     if settings.group.protocol == "classic" {
