@@ -71,6 +71,43 @@ impl NewOrder {
     }
 }
 
+/// The typed shape of a valid order: the fast path. Anything it cannot take goes to
+/// `NewOrder::from_json`, which names every problem.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderInput {
+    customer_id: String,
+    product_id: String,
+    quantity: i64,
+    amount: f64,
+}
+
+impl OrderInput {
+    fn validate(self) -> Option<NewOrder> {
+        validate_id(&self.customer_id).ok()?;
+        validate_id(&self.product_id).ok()?;
+        Some(NewOrder {
+            quantity: validate_quantity(self.quantity).ok()?,
+            amount_cents: amount_to_cents(self.amount).ok()?,
+            customer_id: self.customer_id,
+            product_id: self.product_id,
+        })
+    }
+}
+
+impl NewOrder {
+    /// Parses and validates one order from JSON text. `None` means "not valid": call
+    /// `from_json` on the parsed value for the detailed errors.
+    pub fn parse_valid(json: &str) -> Option<Self> {
+        serde_json::from_str::<OrderInput>(json).ok()?.validate()
+    }
+
+    /// Parses and validates a JSON array of orders, all or nothing; `None` as above.
+    pub fn parse_valid_batch(json: &str) -> Option<Vec<Self>> {
+        serde_json::from_str::<Vec<OrderInput>>(json).ok()?.into_iter().map(OrderInput::validate).collect()
+    }
+}
+
 fn take<T>(
     errors: &mut Vec<FieldError>,
     field: &str,
@@ -270,6 +307,28 @@ mod tests {
         assert!(amount_to_cents(-0.01).is_err());
         assert!(amount_to_cents(f64::NAN).is_err());
         assert!(amount_to_cents(f64::INFINITY).is_err());
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_detailed_path() {
+        let cases = [
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 2, "amount": 10.25}"#,
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 2.0, "amount": 10.25}"#,
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 0, "amount": 1}"#,
+            r#"{"customer_id": "", "product_id": "P", "quantity": 1, "amount": 1}"#,
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1.001}"#,
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "x": 1}"#,
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 1}"#,
+            r#"{"customer_id": "C\u0007", "product_id": "P", "quantity": 1, "amount": 1}"#,
+        ];
+        for case in cases {
+            let detailed = NewOrder::from_json(&serde_json::from_str(case).unwrap()).ok();
+            assert_eq!(NewOrder::parse_valid(case), detailed, "{case}");
+        }
+        let batch = format!("[{},{}]", cases[0], cases[0]);
+        assert_eq!(NewOrder::parse_valid_batch(&batch).map(|b| b.len()), Some(2));
+        let mixed = format!("[{},{}]", cases[0], cases[2]);
+        assert_eq!(NewOrder::parse_valid_batch(&mixed), None);
     }
 
     #[test]

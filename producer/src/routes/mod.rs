@@ -15,6 +15,14 @@ pub use place_batch::{place_batch, MAX_BATCH_ORDERS};
 pub use place_order::place_order;
 
 use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// The slow path's parse: the body is known to be JSON (the extractor checked its syntax).
+fn parse(body: &str) -> Result<Value, ApiError> {
+    serde_json::from_str(body).map_err(|error| ApiError::MalformedJson(error.to_string()))
+}
 use uuid::Uuid;
 
 #[derive(Debug, Serialize)]

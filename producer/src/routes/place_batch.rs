@@ -1,7 +1,10 @@
 use actix_web::{web, HttpResponse};
 use chrono::Utc;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
+
+use super::parse;
 use uuid::Uuid;
 
 use orderflow_common::order::{FieldError, NewOrder, PlacedOrder};
@@ -21,30 +24,43 @@ struct BatchAccepted {
 /// POST /orders/batch: all or nothing at validation. Every entry is checked before anything
 /// is published, and the 400 names each bad index and field.
 #[tracing::instrument(name = "place batch", skip_all, fields(orders))]
-pub async fn place_batch(body: web::Json<Value>, publisher: web::Data<OrderPublisher>) -> Result<HttpResponse, ApiError> {
-    let Value::Array(entries) = body.into_inner() else {
-        return Err(ApiError::BadRequest("body must be a JSON array of orders".into()));
+pub async fn place_batch(body: web::Json<Box<RawValue>>, publisher: web::Data<OrderPublisher>) -> Result<HttpResponse, ApiError> {
+    let (result, count) = match validate_batch(body.get()) {
+        Ok(orders) => {
+            let count = orders.len();
+            tracing::Span::current().record("orders", count);
+            (publish_all(orders, &publisher).await, count)
+        }
+        Err((error, count)) => (Err(error), count),
     };
-    if entries.is_empty() || entries.len() > MAX_BATCH_ORDERS {
-        return Err(ApiError::BadRequest(format!(
-            "a batch holds 1 to {MAX_BATCH_ORDERS} orders, this one has {}",
-            entries.len()
-        )));
-    }
-    tracing::Span::current().record("orders", entries.len());
-    let result = place_all(&entries, &publisher).await;
     match &result {
         Ok(accepted) => metrics::counter!("orders_accepted_total").increment(accepted.accepted as u64),
-        Err(error) => count_refused(entries.len(), error),
+        Err(error) => count_refused(count, error),
     }
     Ok(HttpResponse::Accepted().json(result?))
 }
 
-async fn place_all(entries: &[Value], publisher: &OrderPublisher) -> Result<BatchAccepted, ApiError> {
-    let (orders, errors) = validate_all(entries);
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
+/// All orders, or the error and how many orders it refuses. Valid batches take the typed
+/// fast path; anything else is parsed again field by field to name each problem.
+fn validate_batch(body: &str) -> Result<Vec<NewOrder>, (ApiError, usize)> {
+    if let Some(orders) = NewOrder::parse_valid_batch(body).filter(|o| (1..=MAX_BATCH_ORDERS).contains(&o.len())) {
+        return Ok(orders);
     }
+    let Value::Array(entries) = parse(body).map_err(|error| (error, 0))? else {
+        return Err((ApiError::BadRequest("body must be a JSON array of orders".into()), 0));
+    };
+    if entries.is_empty() || entries.len() > MAX_BATCH_ORDERS {
+        let error = format!("a batch holds 1 to {MAX_BATCH_ORDERS} orders, this one has {}", entries.len());
+        return Err((ApiError::BadRequest(error), entries.len()));
+    }
+    let (orders, errors) = validate_all(&entries);
+    if !errors.is_empty() {
+        return Err((ApiError::Validation(errors), entries.len()));
+    }
+    Ok(orders)
+}
+
+async fn publish_all(orders: Vec<NewOrder>, publisher: &OrderPublisher) -> Result<BatchAccepted, ApiError> {
     let placed_at = Utc::now();
     let placed: Vec<PlacedOrder> =
         orders.into_iter().map(|order| PlacedOrder::new(order, Uuid::now_v7(), placed_at)).collect();
