@@ -1,6 +1,7 @@
 //! Shared pieces of orderflow: the order and its validation, settings, PostgreSQL and
 //! Kafka helpers, logging, the embedded dev broker and test support.
 
+pub mod admin_auth;
 pub mod config;
 pub mod db;
 pub mod dev_broker;

@@ -3,12 +3,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
 use rdkafka::consumer::Consumer;
 use deadpool_postgres::Pool;
 use serde_json::json;
 
+use orderflow_common::admin_auth::{AdminAuthError, AdminToken};
 use orderflow_common::{db, kafka};
+
+use crate::control::Control;
 
 use crate::pipeline::OrderConsumer;
 use crate::stats::Stats;
@@ -16,6 +20,8 @@ use crate::stats::Stats;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct AdminState {
+    pub control: Arc<Control>,
+    pub token: AdminToken,
     pub consumer: Arc<OrderConsumer>,
     pub pool: Pool,
     pub stats: Arc<Stats>,
@@ -30,6 +36,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/ready", web::get().to(ready))
         .route("/status", web::get().to(status))
         .route("/metrics", web::get().to(metrics))
+        .route("/pause", web::post().to(pause))
+        .route("/resume", web::post().to(resume))
         .default_service(web::to(|| async { HttpResponse::NotFound().json(json!({"error": "route not found"})) }));
 }
 
@@ -79,10 +87,48 @@ async fn status(state: web::Data<AdminState>) -> HttpResponse {
         .map(|list| list.elements().iter().map(|e| e.partition()).collect())
         .unwrap_or_default();
     HttpResponse::Ok().json(json!({
-        "state": "running",
+        "state": if state.control.is_paused() { "paused" } else { "running" },
         "topic": state.topic,
         "uptime_seconds": state.started.elapsed().as_secs(),
-        "assigned_partitions": assigned,
+        "partitions": state.control.partitions(&assigned),
         "totals": state.stats.totals(),
+        "batches": state.stats.recent_batches(),
     }))
+}
+
+/// POST /pause: stop fetching without leaving the group. Partitions stay assigned (and
+/// newly assigned ones paused too) until POST /resume.
+async fn pause(request: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    set_paused(&request, &state, true)
+}
+
+async fn resume(request: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    set_paused(&request, &state, false)
+}
+
+fn set_paused(request: &HttpRequest, state: &AdminState, paused: bool) -> HttpResponse {
+    let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Err(error) = state.token.check(authorization) {
+        let status = match error {
+            AdminAuthError::Disabled => StatusCode::FORBIDDEN,
+            AdminAuthError::Unauthorized => StatusCode::UNAUTHORIZED,
+        };
+        return HttpResponse::build(status)
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+            .json(json!({"error": error.to_string()}));
+    }
+    state.control.set_paused(paused);
+    let result = state.consumer.assignment().and_then(|assigned| {
+        if paused {
+            state.consumer.pause(&assigned)
+        } else {
+            state.consumer.resume(&assigned)
+        }
+    });
+    if let Err(error) = result {
+        tracing::error!(%error, paused, "changing the consumer state failed");
+        return HttpResponse::InternalServerError().json(json!({"error": format!("kafka: {error}")}));
+    }
+    tracing::info!(paused, "consumer state changed by admin request");
+    HttpResponse::Ok().json(json!({"state": if paused { "paused" } else { "running" }}))
 }

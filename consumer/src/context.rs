@@ -8,11 +8,13 @@ use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use crate::control::{Control, PartitionStatus};
 use crate::offsets::ProcessedOffsets;
 
 pub struct OrderflowContext {
     pub topic: String,
     pub offsets: Arc<ProcessedOffsets>,
+    pub control: Arc<Control>,
 }
 
 impl ClientContext for OrderflowContext {
@@ -22,12 +24,22 @@ impl ClientContext for OrderflowContext {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
+        let mut statuses = Vec::new();
         for (partition, stats) in &topic.partitions {
             // -1 is librdkafka's internal "unassigned" partition; lag -1 means unknown yet.
             if *partition >= 0 && stats.consumer_lag >= 0 {
                 metrics::gauge!("consumer_lag", "partition" => partition.to_string()).set(stats.consumer_lag as f64);
             }
+            if *partition >= 0 {
+                statuses.push(PartitionStatus {
+                    partition: *partition,
+                    committed_offset: stats.committed_offset,
+                    high_watermark: stats.hi_offset,
+                    lag: stats.consumer_lag,
+                });
+            }
         }
+        self.control.update_partitions(statuses);
     }
 }
 
@@ -59,6 +71,18 @@ impl ConsumerContext for OrderflowContext {
                 self.offsets.forget(&revoked);
             }
             Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
+        }
+    }
+
+    /// Partitions assigned while paused stay paused: pausing is the operator's decision,
+    /// and a rebalance must not undo it.
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            if self.control.is_paused() && list.count() > 0 {
+                if let Err(error) = consumer.pause(list) {
+                    tracing::error!(%error, "could not keep newly assigned partitions paused");
+                }
+            }
         }
     }
 

@@ -45,6 +45,8 @@ pub struct Applied {
     pub unknown_product: u64,
     /// Orders that were already in the database (redeliveries): left untouched.
     pub already_applied: u64,
+    /// Attempts that hit a locked row and were retried.
+    pub lock_conflicts: u64,
 }
 
 impl Applied {
@@ -59,6 +61,7 @@ impl std::ops::AddAssign for Applied {
         self.insufficient_stock += other.insufficient_stock;
         self.unknown_product += other.unknown_product;
         self.already_applied += other.already_applied;
+        self.lock_conflicts += other.lock_conflicts;
     }
 }
 
@@ -122,6 +125,7 @@ pub async fn reserve(pool: &Pool, orders: &[&ValidOrder]) -> Result<Applied, Res
         insufficient_stock: count(Decision::Rejected(RejectReason::InsufficientStock)),
         unknown_product: count(Decision::Rejected(RejectReason::UnknownProduct)),
         already_applied: applied.len() as u64,
+        lock_conflicts: 0,
     })
 }
 

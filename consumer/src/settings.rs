@@ -35,6 +35,9 @@ pub struct Settings {
     pub database: DatabaseSettings,
     #[command(flatten)]
     pub log: LogSettings,
+    /// Bearer token for POST /pause and /resume; unset disables them.
+    #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -105,6 +108,7 @@ impl Settings {
             batch: BatchSettings::default(),
             database,
             log: LogSettings { format: LogFormat::Text },
+            admin_token: None,
         }
     }
 }

@@ -16,6 +16,8 @@ use orderflow_common::kafka;
 
 use crate::admin::{self, AdminState};
 use crate::context::OrderflowContext;
+use crate::control::Control;
+use orderflow_common::admin_auth::AdminToken;
 use crate::offsets::ProcessedOffsets;
 use crate::pipeline::{OrderConsumer, Pipeline};
 use crate::settings::Settings;
@@ -49,7 +51,8 @@ impl Application {
         db::migrate(&pool).await?;
 
         let offsets = Arc::new(ProcessedOffsets::default());
-        let consumer = Arc::new(create_consumer(&settings, offsets.clone())?);
+        let control = Arc::new(Control::default());
+        let consumer = Arc::new(create_consumer(&settings, offsets.clone(), control.clone())?);
         consumer.subscribe(&[&settings.kafka.topic])?;
 
         let stats = Arc::new(Stats::default());
@@ -57,6 +60,8 @@ impl Application {
         let listener = TcpListener::bind(settings.admin_listen).map_err(listen)?;
         let admin_port = listener.local_addr().map_err(listen)?.port();
         let state = web::Data::new(AdminState {
+            control,
+            token: AdminToken::new(settings.admin_token.clone()),
             consumer: consumer.clone(),
             pool: pool.clone(),
             stats: stats.clone(),
@@ -132,7 +137,11 @@ impl Application {
     }
 }
 
-fn create_consumer(settings: &Settings, offsets: Arc<ProcessedOffsets>) -> Result<OrderConsumer, rdkafka::error::KafkaError> {
+fn create_consumer(
+    settings: &Settings,
+    offsets: Arc<ProcessedOffsets>,
+    control: Arc<Control>,
+) -> Result<OrderConsumer, rdkafka::error::KafkaError> {
     let mut config = kafka::client_config(&settings.kafka);
     config
         .set("group.id", &settings.group.group_id)
@@ -158,7 +167,7 @@ fn create_consumer(settings: &Settings, offsets: Arc<ProcessedOffsets>) -> Resul
             .set("partition.assignment.strategy", "cooperative-sticky");
     }
     kafka::apply_overrides(&mut config, &settings.kafka);
-    config.create_with_context(OrderflowContext { topic: settings.kafka.topic.clone(), offsets })
+    config.create_with_context(OrderflowContext { topic: settings.kafka.topic.clone(), offsets, control })
 }
 
 fn spawn_abandon_timer(shutdown: CancellationToken, abandon: CancellationToken, drain_timeout: Duration) {

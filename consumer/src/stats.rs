@@ -1,6 +1,10 @@
 //! Counters for the stats log line and /status.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -19,6 +23,22 @@ pub struct Stats {
     batches: AtomicU64,
     /// Messages per second over the last report interval, as f64 bits.
     rate_bits: AtomicU64,
+    recent: Mutex<VecDeque<BatchRecord>>,
+}
+
+const RECENT_BATCHES: usize = 20;
+
+/// One committed batch, for /status.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchRecord {
+    pub finished_at: DateTime<Utc>,
+    pub size: usize,
+    pub duration_ms: f64,
+    pub reserved: u64,
+    pub rejected: u64,
+    pub already_applied: u64,
+    pub failed: u64,
+    pub lock_conflicts: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -46,6 +66,21 @@ impl Stats {
         self.failed.fetch_add(failed, Relaxed);
         self.processed.fetch_add(applied.reserved + rejected + applied.already_applied + failed, Relaxed);
         self.batches.fetch_add(1, Relaxed);
+        let mut recent = self.recent.lock().expect("recent batches lock poisoned");
+        if recent.len() == RECENT_BATCHES {
+            recent.pop_front();
+        }
+        recent.push_back(BatchRecord {
+            finished_at: Utc::now(),
+            size,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            reserved: applied.reserved,
+            rejected,
+            already_applied: applied.already_applied,
+            failed,
+            lock_conflicts: applied.lock_conflicts,
+        });
+        drop(recent);
         metrics::histogram!("consumer_batch_size").record(size as f64);
         metrics::histogram!("consumer_batch_duration_seconds").record(elapsed.as_secs_f64());
         metrics::counter!("orders_reserved_total").increment(applied.reserved);
@@ -64,6 +99,11 @@ impl Stats {
     pub fn record_database_error(&self) {
         self.database_errors.fetch_add(1, Relaxed);
         metrics::counter!("transaction_retries_total", "cause" => "database_error").increment(1);
+    }
+
+    /// The last batches, newest first.
+    pub fn recent_batches(&self) -> Vec<BatchRecord> {
+        self.recent.lock().expect("recent batches lock poisoned").iter().rev().cloned().collect()
     }
 
     pub fn totals(&self) -> Totals {

@@ -48,14 +48,16 @@ impl WorkerPool {
 
     async fn write_part(&self, orders: &[&ValidOrder], abandon: &CancellationToken) -> Result<Applied, Abandoned> {
         let mut attempt = 0_u32;
+        let mut conflicts = 0;
         loop {
             let error = match reserve(&self.pool, orders).await {
-                Ok(applied) => return Ok(applied),
+                Ok(applied) => return Ok(Applied { lock_conflicts: conflicts, ..applied }),
                 Err(error) => error,
             };
             attempt += 1;
             let pause = match &error {
                 ReserveError::LockConflict | ReserveError::ConcurrentlyApplied(_) => {
+                    conflicts += 1;
                     self.stats.record_lock_conflict();
                     tracing::debug!(attempt, %error, "retrying after conflict");
                     backoff(attempt, Duration::from_millis(2), Duration::from_millis(250))

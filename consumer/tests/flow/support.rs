@@ -50,8 +50,8 @@ impl Stack {
         let mut settings = self.consumer_settings();
         customize(&mut settings);
         let app = Application::build(settings).await.expect("consumer starts");
-        let (shutdown, stats) = (app.shutdown_token(), app.stats());
-        RunningConsumer { shutdown, stats, task: tokio::spawn(app.run_until_stopped()) }
+        let (shutdown, stats, admin_port) = (app.shutdown_token(), app.stats(), app.admin_port());
+        RunningConsumer { shutdown, stats, admin_port, task: tokio::spawn(app.run_until_stopped()) }
     }
 
     pub async fn set_stock(&self, product: &str, quantity: i64) {
@@ -150,6 +150,7 @@ pub fn message(order: &PlacedOrder) -> (String, Vec<u8>) {
 }
 
 pub struct RunningConsumer {
+    pub admin_port: u16,
     pub shutdown: CancellationToken,
     pub stats: Arc<Stats>,
     pub task: JoinHandle<()>,
