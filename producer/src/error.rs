@@ -6,6 +6,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde_json::json;
 
+use orderflow_common::admin_auth::AdminAuthError;
 use orderflow_common::db::DbError;
 use orderflow_common::order::FieldError;
 
@@ -25,6 +26,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error(transparent)]
+    Admin(#[from] AdminAuthError),
+    #[error("{0}")]
+    Conflict(String),
     #[error("rate limit exceeded, retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("orders could not be published to Kafka; nothing was accepted")]
@@ -54,6 +59,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "too_large",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Admin(_) => "unauthorized",
+            Self::Conflict(_) => "conflict",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable(_) => "kafka_unavailable",
             Self::Database(_) => "database_unavailable",
@@ -72,6 +79,9 @@ impl ResponseError for ApiError {
             Self::Validation(_) | Self::MalformedJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Admin(AdminAuthError::Disabled) => StatusCode::FORBIDDEN,
+            Self::Admin(AdminAuthError::Unauthorized) => StatusCode::UNAUTHORIZED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -86,6 +96,9 @@ impl ResponseError for ApiError {
             Self::Database(cause) => tracing::warn!(error = %cause, "database request failed"),
             Self::RateLimited { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            Self::Admin(AdminAuthError::Unauthorized) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             _ => {}
         }
@@ -108,6 +121,10 @@ pub fn json_error(limit: usize) -> impl Fn(JsonPayloadError, &HttpRequest) -> ac
         }
         .into()
     }
+}
+
+pub fn query_error(error: actix_web::error::QueryPayloadError, _request: &HttpRequest) -> actix_web::Error {
+    ApiError::BadRequest(format!("invalid query string: {error}")).into()
 }
 
 pub fn path_error(error: PathError, _request: &HttpRequest) -> actix_web::Error {

@@ -21,6 +21,9 @@ pub struct Settings {
     pub limits: LimitSettings,
     #[command(flatten)]
     pub log: LogSettings,
+    /// Bearer token for the /admin routes; unset disables them.
+    #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -85,6 +88,7 @@ impl Settings {
             database,
             limits: LimitSettings::default(),
             log: LogSettings { format: orderflow_common::config::LogFormat::Text },
+            admin_token: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
+use orderflow_common::admin_auth::AdminToken;
 use orderflow_common::db::{self, DbError};
 
 use crate::error::{self, ApiError};
@@ -54,6 +55,7 @@ impl Application {
         let publisher_data = web::Data::from(publisher.clone());
         let pool = web::Data::new(pool);
         let limit_settings = settings.limits.clone();
+        let admin_token = web::Data::new(AdminToken::new(settings.admin_token.clone()));
         let server = HttpServer::new(move || {
             let order_json = web::JsonConfig::default()
                 .limit(limit_settings.max_order_bytes)
@@ -71,7 +73,15 @@ impl Application {
                 .app_data(publisher_data.clone())
                 .app_data(pool.clone())
                 .app_data(limits.clone())
+                .app_data(admin_token.clone())
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
+                .app_data(web::QueryConfig::default().error_handler(error::query_error))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(limit_settings.max_order_bytes)
+                        .content_type_required(false)
+                        .error_handler(error::json_error(limit_settings.max_order_bytes)),
+                )
                 .service(
                     web::resource("/order")
                         .app_data(order_json)
@@ -86,6 +96,9 @@ impl Application {
                 )
                 .route("/orders/{order_id}", web::get().to(routes::get_order))
                 .route("/inventory/{product_id}", web::get().to(routes::get_inventory))
+                .route("/admin/products", web::post().to(routes::create_product))
+                .route("/admin/products/{product_id}/restock", web::post().to(routes::restock))
+                .route("/admin/inventory", web::get().to(routes::list_inventory))
                 .route("/health", web::get().to(routes::health))
                 .route("/ready", web::get().to(routes::ready))
                 .route("/metrics", web::get().to(routes::metrics))

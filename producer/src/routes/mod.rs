@@ -1,5 +1,7 @@
 //! One file per route.
 
+mod admin_inventory;
+mod admin_products;
 mod get_inventory;
 mod get_order;
 mod health;
@@ -7,6 +9,8 @@ mod metrics;
 mod place_batch;
 mod place_order;
 
+pub use admin_inventory::list_inventory;
+pub use admin_products::{create_product, restock};
 pub use get_inventory::get_inventory;
 pub use get_order::get_order;
 pub use health::{health, ready};
@@ -18,6 +22,27 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
+
+/// The inventory row as every route shows it.
+const INVENTORY_COLUMNS: &str =
+    "product_id, product_name, available_quantity, reserved_quantity, total_quantity, updated_at";
+
+fn inventory_json(row: &tokio_postgres::Row) -> Value {
+    serde_json::json!({
+        "product_id": row.get::<_, String>("product_id"),
+        "product_name": row.get::<_, String>("product_name"),
+        "available_quantity": row.get::<_, i64>("available_quantity"),
+        "reserved_quantity": row.get::<_, i64>("reserved_quantity"),
+        "total_quantity": row.get::<_, i64>("total_quantity"),
+        "updated_at": row.get::<_, chrono::DateTime<chrono::Utc>>("updated_at"),
+    })
+}
+
+/// Admin routes need the bearer token; the token itself is never logged.
+fn require_admin(request: &actix_web::HttpRequest, token: &orderflow_common::admin_auth::AdminToken) -> Result<(), ApiError> {
+    let authorization = request.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    Ok(token.check(authorization)?)
+}
 
 /// The slow path's parse: the body is known to be JSON (the extractor checked its syntax).
 fn parse(body: &str) -> Result<Value, ApiError> {
