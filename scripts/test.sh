@@ -32,6 +32,10 @@ if [ -f docker-compose.yml ]; then
     # Parses and validates the file only; needs no Docker daemon.
     log "docker-compose config -q"
     docker-compose -f docker-compose.yml config -q || failed_steps+=("docker-compose config")
+    # Content checks (services, scale-safe consumer, topics, replication). Debian's python3,
+    # because docker-compose depends on its python3-yaml.
+    log "scripts/check-compose.py"
+    /usr/bin/python3 scripts/check-compose.py || failed_steps+=("compose content")
 else
     log "no docker-compose.yml at the repo root; skipping the compose check"
 fi
