@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod allocation;
 pub mod context;
+pub mod dead_letters;
 pub mod control;
 pub mod offsets;
 pub mod pipeline;

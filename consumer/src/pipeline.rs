@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use orderflow_common::order::{InvalidMessage, PlacedOrder, ValidOrder};
 
 use crate::context::OrderflowContext;
+use crate::dead_letters::{DeadLetter, DeadLetterQueue};
 use crate::offsets::ProcessedOffsets;
 use crate::settings::BatchSettings;
 use crate::stats::Stats;
@@ -25,12 +26,14 @@ pub type OrderConsumer = StreamConsumer<OrderflowContext>;
 struct Received {
     partition: i32,
     offset: i64,
-    order: Result<ValidOrder, InvalidMessage>,
+    /// The order, or the message as it arrived (for the dead-letter topic).
+    order: Result<ValidOrder, DeadLetter>,
 }
 
 pub struct Pipeline {
     pub consumer: Arc<OrderConsumer>,
     pub workers: Arc<WorkerPool>,
+    pub dead_letters: Arc<DeadLetterQueue>,
     pub offsets: Arc<ProcessedOffsets>,
     pub stats: Arc<Stats>,
     pub settings: BatchSettings,
@@ -106,11 +109,14 @@ impl Pipeline {
             };
             match message {
                 Ok(message) => {
-                    batch.push(Received {
+                    let order = PlacedOrder::from_payload(message.payload()).map_err(|error: InvalidMessage| DeadLetter {
                         partition: message.partition(),
                         offset: message.offset(),
-                        order: PlacedOrder::from_payload(message.payload()),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec),
+                        error: error.to_string(),
                     });
+                    batch.push(Received { partition: message.partition(), offset: message.offset(), order });
                     deadline.get_or_insert_with(|| Instant::now() + self.settings.max_wait());
                 }
                 Err(error) => tracing::warn!(%error, "kafka consumer error"),
@@ -124,19 +130,25 @@ impl Pipeline {
         let batch = self.drop_revoked(batch);
         let mut orders = Vec::with_capacity(batch.len());
         let mut positions = Vec::with_capacity(batch.len());
-        let mut failed = 0;
+        let mut letters = Vec::new();
         for received in batch {
             positions.push((received.partition, received.offset));
             match received.order {
                 Ok(order) => orders.push(order),
-                Err(error) => {
-                    failed += 1;
-                    tracing::warn!(partition = received.partition, offset = received.offset, %error, "skipping invalid message");
+                Err(letter) => {
+                    tracing::warn!(partition = letter.partition, offset = letter.offset, error = %letter.error, "invalid message goes to the dead-letter topic");
+                    letters.push(letter);
                 }
             }
         }
-        let (workers, abandon) = (self.workers.clone(), abandon.clone());
-        let write = tokio::spawn(async move { workers.write(&orders, &abandon).await });
+        let failed = letters.len() as u64;
+        let (workers, dead_letters, abandon) = (self.workers.clone(), self.dead_letters.clone(), abandon.clone());
+        let write = tokio::spawn(async move {
+            let (applied, dead_lettered) =
+                tokio::join!(workers.write(&orders, &abandon), send_dead_letters(&dead_letters, &letters, &abandon));
+            dead_lettered?;
+            applied
+        });
         InFlight { write, positions, failed, started }
     }
 
@@ -193,5 +205,23 @@ impl Pipeline {
             tracing::info!(dropped = before - kept.len(), "dropped messages of revoked partitions");
         }
         kept
+    }
+}
+
+/// Retries until the dead-letter topic took every letter: an invalid message's offset is
+/// committed only once it is safe in `orders-dlq`.
+async fn send_dead_letters(queue: &DeadLetterQueue, letters: &[DeadLetter], abandon: &CancellationToken) -> Result<(), Abandoned> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    loop {
+        match queue.send(letters).await {
+            Ok(()) => return Ok(()),
+            Err(error) => tracing::error!(%error, letters = letters.len(), "dead-letter topic did not take the messages; retrying"),
+        }
+        tokio::select! {
+            _ = abandon.cancelled() => return Err(Abandoned),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
     }
 }

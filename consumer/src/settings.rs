@@ -35,6 +35,9 @@ pub struct Settings {
     pub database: DatabaseSettings,
     #[command(flatten)]
     pub log: LogSettings,
+    /// Topic for messages that cannot become orders.
+    #[arg(long = "dead-letter-topic", env = "DEAD_LETTER_TOPIC", default_value = orderflow_common::DEAD_LETTER_TOPIC)]
+    pub dead_letter_topic: String,
     /// Bearer token for POST /pause and /resume; unset disables them.
     #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -108,6 +111,7 @@ impl Settings {
             batch: BatchSettings::default(),
             database,
             log: LogSettings { format: LogFormat::Text },
+            dead_letter_topic: orderflow_common::DEAD_LETTER_TOPIC.into(),
             admin_token: None,
         }
     }

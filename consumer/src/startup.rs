@@ -16,6 +16,7 @@ use orderflow_common::kafka;
 
 use crate::admin::{self, AdminState};
 use crate::context::OrderflowContext;
+use crate::dead_letters::DeadLetterQueue;
 use crate::control::Control;
 use orderflow_common::admin_auth::AdminToken;
 use crate::offsets::ProcessedOffsets;
@@ -77,6 +78,7 @@ impl Application {
             .run();
 
         let pipeline = Pipeline {
+            dead_letters: Arc::new(DeadLetterQueue::new(&settings.kafka, &settings.dead_letter_topic)?),
             consumer,
             workers: Arc::new(WorkerPool::new(pool, settings.batch.workers as usize, stats.clone())),
             offsets,

@@ -48,7 +48,7 @@ pub struct Totals {
     pub reserved: u64,
     pub rejected: u64,
     pub already_applied: u64,
-    /// Messages that could not be parsed or failed validation; skipped and logged.
+    /// Messages that could not be parsed or failed validation: sent to the dead-letter topic.
     pub failed: u64,
     pub lock_conflicts: u64,
     pub database_errors: u64,

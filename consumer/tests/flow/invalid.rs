@@ -2,11 +2,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{message, placed_order, Stack};
+use orderflow_consumer::dead_letters::{HEADER_ERROR, HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC};
+
+use crate::support::{message, placed_order, read_topic, Stack};
 
 /// A broken client writing straight to the topic: garbage, wrong JSON and schema-invalid
-/// orders sit between good ones on the same partition. The bad ones are skipped and
-/// counted; the good ones around them are processed.
+/// orders sit between good ones on the same partition. The bad ones go to orders-dlq with
+/// headers naming the error and their source; the good ones around them are processed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_messages_are_skipped_and_do_not_stop_the_partition() {
     let stack = Stack::start(1).await;
@@ -32,5 +34,19 @@ async fn invalid_messages_are_skipped_and_do_not_stop_the_partition() {
     let totals = consumer.stats.totals();
     assert_eq!((totals.reserved, totals.failed), (3, 4));
     stack.assert_invariants().await;
+
+    let letters = read_topic(stack.broker.bootstrap_servers(), orderflow_common::DEAD_LETTER_TOPIC, 4).await;
+    assert_eq!(letters.len(), 4);
+    let header = |headers: &[(String, String)], key: &str| headers.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let offsets: Vec<String> = letters.iter().map(|(_, _, h)| header(h, HEADER_OFFSET).unwrap()).collect();
+    assert_eq!(offsets, ["1", "2", "4", "5"], "dead letters keep their source offsets, in order");
+    for (key, _, headers) in &letters {
+        assert_eq!(key.as_deref(), Some(&b"SAME-CUSTOMER"[..]));
+        assert_eq!(header(headers, HEADER_PARTITION).as_deref(), Some("0"));
+        assert_eq!(header(headers, HEADER_TOPIC).as_deref(), Some("orders-placed"));
+        assert!(!header(headers, HEADER_ERROR).unwrap().is_empty());
+    }
+    assert_eq!(letters[0].1.as_deref(), Some(&b"\x00\xffnot json at all"[..]), "the payload is kept as it arrived");
+    assert!(header(&letters[2].2, HEADER_ERROR).unwrap().contains("quantity"));
     consumer.stop().await;
 }

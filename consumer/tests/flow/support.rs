@@ -28,7 +28,8 @@ pub struct Stack {
 impl Stack {
     /// A dev broker with `partitions` on the orders topic and a migrated, seeded database.
     pub async fn start(partitions: i32) -> Self {
-        let broker = DevBroker::start("127.0.0.1:0".parse().unwrap(), &[(TOPIC.into(), partitions)]).await.unwrap();
+        let topics = [(TOPIC.into(), partitions), (orderflow_common::DEAD_LETTER_TOPIC.into(), 1)];
+        let broker = DevBroker::start("127.0.0.1:0".parse().unwrap(), &topics).await.unwrap();
         let database = TestDatabase::create().await;
         let pool = db::pool(&database.settings()).unwrap();
         db::migrate(&pool).await.unwrap();
@@ -169,4 +170,35 @@ impl RunningConsumer {
         })
         .await;
     }
+}
+
+/// Every message of a one-partition topic, from the beginning: (key, payload, headers).
+pub async fn read_topic(bootstrap: String, topic: &'static str, expected: usize) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, String)>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "orderflow-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+        consumer.assign(&list).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut found = Vec::new();
+        while found.len() < expected && std::time::Instant::now() < deadline {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                let headers = message
+                    .headers()
+                    .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                    .unwrap_or_default();
+                found.push((message.key().map(<[u8]>::to_vec), message.payload().map(<[u8]>::to_vec), headers));
+            }
+        }
+        found
+    })
+    .await
+    .unwrap()
 }
