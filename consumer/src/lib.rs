@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod control;
 pub mod offsets;
 pub mod pipeline;
+pub mod replay;
 pub mod reservation;
 pub mod settings;
 pub mod startup;

@@ -7,10 +7,18 @@ use orderflow_consumer::Application;
 async fn main() -> anyhow::Result<()> {
     let Cli { command, settings } = Cli::parse();
     telemetry::init(settings.log.format);
-    if let Some(Command::Migrate) = command {
-        db::migrate(&db::pool(&settings.database)?).await?;
-        tracing::info!("migrations are up to date");
-        return Ok(());
+    match command {
+        Some(Command::Migrate) => {
+            db::migrate(&db::pool(&settings.database)?).await?;
+            tracing::info!("migrations are up to date");
+            return Ok(());
+        }
+        Some(Command::DlqReplay { limit }) => {
+            let replayed = orderflow_consumer::replay::replay(&settings, limit).await?;
+            println!("re-emitted {replayed} dead letters to {}", settings.kafka.topic);
+            return Ok(());
+        }
+        None => {}
     }
     Application::build(settings).await?.run_until_stopped().await;
     Ok(())

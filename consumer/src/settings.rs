@@ -18,6 +18,13 @@ pub struct Cli {
 pub enum Command {
     /// Apply database migrations (schema and seed data) and exit.
     Migrate,
+    /// Re-emit dead letters from the dead-letter topic to the orders topic, then exit.
+    /// Fix the cause first: a letter that is still invalid comes straight back.
+    DlqReplay {
+        /// Replay at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -50,3 +50,27 @@ async fn invalid_messages_are_skipped_and_do_not_stop_the_partition() {
     assert!(header(&letters[2].2, HEADER_ERROR).unwrap().contains("quantity"));
     consumer.stop().await;
 }
+
+/// Letters whose cause was fixed (here: valid orders sitting in the dead-letter topic) are
+/// re-emitted once, processed, and a second replay finds nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_replayed_once_their_cause_is_fixed() {
+    use rdkafka::producer::FutureRecord;
+    let stack = Stack::start(2).await;
+    let fixed: Vec<_> = (0..3).map(|i| placed_order(&format!("FIXED{i}"), "PROD008", 1)).collect();
+    let producer = stack.kafka_producer();
+    for order in &fixed {
+        let (key, payload) = message(order);
+        let record = FutureRecord::to(orderflow_common::DEAD_LETTER_TOPIC).key(key.as_bytes()).payload(&payload);
+        producer.send(record, Duration::from_secs(10)).await.unwrap();
+    }
+    let settings = stack.consumer_settings();
+    let replayed = orderflow_consumer::replay::replay(&settings, None).await.unwrap();
+    assert_eq!(replayed, 3);
+    assert_eq!(orderflow_consumer::replay::replay(&settings, None).await.unwrap(), 0, "replay resumes after what it did");
+
+    let consumer = stack.start_consumer(|_| {}).await;
+    stack.wait_for_orders(3, Duration::from_secs(30)).await;
+    assert_eq!(stack.status_counts("PROD008").await, (3, 0, 0));
+    consumer.stop().await;
+}
