@@ -30,6 +30,8 @@ pub enum ApiError {
     Admin(#[from] AdminAuthError),
     #[error("{0}")]
     Conflict(String),
+    #[error("Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
     #[error("rate limit exceeded, retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("orders could not be published to Kafka; nothing was accepted")]
@@ -61,6 +63,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Admin(_) => "unauthorized",
             Self::Conflict(_) => "conflict",
+            Self::IdempotencyMismatch => "idempotency_mismatch",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable(_) => "kafka_unavailable",
             Self::Database(_) => "database_unavailable",
@@ -82,6 +85,7 @@ impl ResponseError for ApiError {
             Self::Admin(AdminAuthError::Disabled) => StatusCode::FORBIDDEN,
             Self::Admin(AdminAuthError::Unauthorized) => StatusCode::UNAUTHORIZED,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Database(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod http_metrics;
+pub mod idempotency;
 pub mod publisher;
 pub mod rate_limit;
 pub mod routes;

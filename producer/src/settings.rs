@@ -21,6 +21,9 @@ pub struct Settings {
     pub limits: LimitSettings,
     #[command(flatten)]
     pub log: LogSettings,
+    /// How long an Idempotency-Key is remembered.
+    #[arg(long = "idempotency-ttl-hours", env = "IDEMPOTENCY_TTL_HOURS", default_value_t = 24)]
+    pub idempotency_ttl_hours: u64,
     /// Bearer token for the /admin routes; unset disables them.
     #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -88,6 +91,7 @@ impl Settings {
             database,
             limits: LimitSettings::default(),
             log: LogSettings { format: orderflow_common::config::LogFormat::Text },
+            idempotency_ttl_hours: 24,
             admin_token: None,
         }
     }

@@ -15,6 +15,7 @@ use orderflow_common::db::{self, DbError};
 use crate::error::{self, ApiError};
 use crate::publisher::OrderPublisher;
 use crate::http_metrics;
+use crate::idempotency;
 use crate::rate_limit::{self, RateLimits};
 use crate::routes;
 use crate::settings::Settings;
@@ -44,6 +45,7 @@ impl Application {
         let publisher = Arc::new(OrderPublisher::new(&settings.kafka, &settings.publish)?);
         // The pool connects lazily: the API starts (and /ready reports) while PostgreSQL is down.
         let pool = db::pool(&settings.database)?;
+        idempotency::spawn_expiry(pool.clone(), Duration::from_secs(settings.idempotency_ttl_hours * 3600));
         let limits = web::Data::new(RateLimits::new(&settings.limits));
         spawn_limiter_cleanup(limits.clone());
 

@@ -44,6 +44,11 @@ fn require_admin(request: &actix_web::HttpRequest, token: &orderflow_common::adm
     Ok(token.check(authorization)?)
 }
 
+/// The Idempotency-Key header, if the client sent one.
+fn idempotency_key(request: &actix_web::HttpRequest) -> Option<&str> {
+    request.headers().get(crate::idempotency::HEADER).and_then(|value| value.to_str().ok())
+}
+
 /// The slow path's parse: the body is known to be JSON (the extractor checked its syntax).
 fn parse(body: &str) -> Result<Value, ApiError> {
     serde_json::from_str(body).map_err(|error| ApiError::MalformedJson(error.to_string()))

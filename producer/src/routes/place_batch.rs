@@ -1,16 +1,16 @@
-use actix_web::{web, HttpResponse};
-use chrono::Utc;
+use actix_web::{web, HttpRequest, HttpResponse};
+use deadpool_postgres::Pool;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::parse;
-use uuid::Uuid;
+use super::{idempotency_key, parse};
 
-use orderflow_common::order::{FieldError, NewOrder, PlacedOrder};
+use orderflow_common::order::{FieldError, NewOrder};
 
 use super::AcceptedOrder;
 use crate::error::{count_refused, ApiError};
+use crate::idempotency;
 use crate::publisher::OrderPublisher;
 
 pub const MAX_BATCH_ORDERS: usize = 5000;
@@ -24,20 +24,31 @@ struct BatchAccepted {
 /// POST /orders/batch: all or nothing at validation. Every entry is checked before anything
 /// is published, and the 400 names each bad index and field.
 #[tracing::instrument(name = "place batch", skip_all, fields(orders))]
-pub async fn place_batch(body: web::Json<Box<RawValue>>, publisher: web::Data<OrderPublisher>) -> Result<HttpResponse, ApiError> {
+pub async fn place_batch(
+    request: HttpRequest,
+    body: web::Json<Box<RawValue>>,
+    publisher: web::Data<OrderPublisher>,
+    pool: web::Data<Pool>,
+) -> Result<HttpResponse, ApiError> {
     let (result, count) = match validate_batch(body.get()) {
         Ok(orders) => {
             let count = orders.len();
             tracing::Span::current().record("orders", count);
-            (publish_all(orders, &publisher).await, count)
+            (idempotency::publish(idempotency_key(&request), "/orders/batch", orders, &publisher, &pool).await, count)
         }
         Err((error, count)) => (Err(error), count),
     };
     match &result {
-        Ok(accepted) => metrics::counter!("orders_accepted_total").increment(accepted.accepted as u64),
+        Ok(published) => metrics::counter!("orders_accepted_total").increment(published.orders.len() as u64),
         Err(error) => count_refused(count, error),
     }
-    Ok(HttpResponse::Accepted().json(result?))
+    let published = result?;
+    let orders: Vec<AcceptedOrder> = published.orders.iter().map(|order| AcceptedOrder::new(order.order_id)).collect();
+    let mut response = HttpResponse::Accepted();
+    if published.replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(response.json(BatchAccepted { accepted: orders.len(), orders }))
 }
 
 /// All orders, or the error and how many orders it refuses. Valid batches take the typed
@@ -58,15 +69,6 @@ fn validate_batch(body: &str) -> Result<Vec<NewOrder>, (ApiError, usize)> {
         return Err((ApiError::Validation(errors), entries.len()));
     }
     Ok(orders)
-}
-
-async fn publish_all(orders: Vec<NewOrder>, publisher: &OrderPublisher) -> Result<BatchAccepted, ApiError> {
-    let placed_at = Utc::now();
-    let placed: Vec<PlacedOrder> =
-        orders.into_iter().map(|order| PlacedOrder::new(order, Uuid::now_v7(), placed_at)).collect();
-    publisher.publish(&placed).await?;
-    let orders: Vec<AcceptedOrder> = placed.iter().map(|order| AcceptedOrder::new(order.order_id)).collect();
-    Ok(BatchAccepted { accepted: orders.len(), orders })
 }
 
 fn validate_all(entries: &[Value]) -> (Vec<NewOrder>, Vec<FieldError>) {

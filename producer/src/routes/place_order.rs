@@ -1,21 +1,24 @@
-use actix_web::{web, HttpResponse};
-use chrono::Utc;
+use actix_web::{web, HttpRequest, HttpResponse};
+use deadpool_postgres::Pool;
 use serde_json::value::RawValue;
 
-use super::parse;
-use uuid::Uuid;
+use orderflow_common::order::NewOrder;
 
-use orderflow_common::order::{NewOrder, PlacedOrder};
-
-use super::AcceptedOrder;
+use super::{idempotency_key, parse, AcceptedOrder};
 use crate::error::{count_refused, ApiError};
+use crate::idempotency;
 use crate::publisher::OrderPublisher;
 
 /// POST /order: validate, give the order a time-ordered id, publish, and answer 202 only
-/// once the broker has acknowledged it.
+/// once the broker has acknowledged it. With an Idempotency-Key, a retry gets the same id.
 #[tracing::instrument(name = "place order", skip_all, fields(order_id))]
-pub async fn place_order(body: web::Json<Box<RawValue>>, publisher: web::Data<OrderPublisher>) -> Result<HttpResponse, ApiError> {
-    let result = place(body.get(), &publisher).await;
+pub async fn place_order(
+    request: HttpRequest,
+    body: web::Json<Box<RawValue>>,
+    publisher: web::Data<OrderPublisher>,
+    pool: web::Data<Pool>,
+) -> Result<HttpResponse, ApiError> {
+    let result = place(&request, body.get(), &publisher, &pool).await;
     match &result {
         Ok(_) => metrics::counter!("orders_accepted_total").increment(1),
         Err(error) => count_refused(1, error),
@@ -23,13 +26,17 @@ pub async fn place_order(body: web::Json<Box<RawValue>>, publisher: web::Data<Or
     result
 }
 
-async fn place(body: &str, publisher: &OrderPublisher) -> Result<HttpResponse, ApiError> {
+async fn place(request: &HttpRequest, body: &str, publisher: &OrderPublisher, pool: &Pool) -> Result<HttpResponse, ApiError> {
     let order = match NewOrder::parse_valid(body) {
         Some(order) => order,
         None => NewOrder::from_json(&parse(body)?).map_err(ApiError::Validation)?,
     };
-    let placed = PlacedOrder::new(order, Uuid::now_v7(), Utc::now());
-    tracing::Span::current().record("order_id", tracing::field::display(placed.order_id));
-    publisher.publish(std::slice::from_ref(&placed)).await?;
-    Ok(HttpResponse::Accepted().json(AcceptedOrder::new(placed.order_id)))
+    let published = idempotency::publish(idempotency_key(request), "/order", vec![order], publisher, pool).await?;
+    let order_id = published.orders[0].order_id;
+    tracing::Span::current().record("order_id", tracing::field::display(order_id));
+    let mut response = HttpResponse::Accepted();
+    if published.replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(response.json(AcceptedOrder::new(order_id)))
 }

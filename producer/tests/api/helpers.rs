@@ -40,6 +40,17 @@ pub fn order(customer: &str, product: &str, quantity: i64) -> Value {
 }
 
 impl TestApp {
+    /// Another producer instance on the same broker and database (a restart, or a second
+    /// instance behind a load balancer); returns its base address.
+    pub async fn start_sibling(&self, customize: impl FnOnce(&mut Settings)) -> String {
+        let mut settings = Settings::new(KafkaSettings::new(self.broker.bootstrap_servers()), self._database.settings());
+        customize(&mut settings);
+        let app = Application::build(settings).await.expect("producer starts");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        address
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client.post(format!("{}{path}", self.address)).json(body).send().await.expect("request sent")
     }

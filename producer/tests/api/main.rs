@@ -3,6 +3,7 @@
 mod helpers;
 mod admin;
 mod health;
+mod idempotency;
 mod place_batch;
 mod place_order;
 mod queries;

@@ -1,0 +1,124 @@
+//! Idempotency-Key: a retried request gets the same order ids and creates no second order,
+//! across restarts and producer instances, because the record lives in PostgreSQL.
+//!
+//! The record holds the placed orders themselves. If the first attempt failed to publish
+//! (or published only part), a retry re-publishes exactly those messages; the consumer
+//! applies each order_id once, so nothing is ever doubled.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use sha2::{Digest, Sha256};
+use tokio_postgres::types::Json;
+
+use orderflow_common::order::{NewOrder, PlacedOrder};
+
+use crate::error::ApiError;
+use crate::publisher::OrderPublisher;
+
+pub const HEADER: &str = "Idempotency-Key";
+
+/// What to answer with, and whether it is a replay of an earlier request.
+pub struct Published {
+    pub orders: Vec<PlacedOrder>,
+    pub replayed: bool,
+}
+
+/// Publishes `orders` under `key` (if any). `route` is part of the request identity: the
+/// same key on another route is a different request, and therefore a mismatch.
+pub async fn publish(
+    key: Option<&str>,
+    route: &str,
+    orders: Vec<NewOrder>,
+    publisher: &OrderPublisher,
+    pool: &Pool,
+) -> Result<Published, ApiError> {
+    let placed_at = chrono::Utc::now();
+    let hash = key.map(|_| request_hash(route, &orders));
+    let placed: Vec<PlacedOrder> = orders.into_iter().map(|o| PlacedOrder::new(o, uuid::Uuid::now_v7(), placed_at)).collect();
+    let (Some(key), Some(hash)) = (key, hash) else {
+        publisher.publish(&placed).await?;
+        return Ok(Published { orders: placed, replayed: false });
+    };
+    validate_key(key)?;
+    let client = pool.get().await?;
+    let claimed = client
+        .execute(
+            "INSERT INTO idempotency_keys (idempotency_key, request_hash, orders, state) VALUES ($1, $2, $3, 'pending') \
+             ON CONFLICT (idempotency_key) DO NOTHING",
+            &[&key, &hash, &Json(&placed)],
+        )
+        .await?;
+    let (orders, replayed, accepted) = if claimed == 1 {
+        (placed, false, false)
+    } else {
+        let row = client
+            .query_one("SELECT request_hash, orders, state FROM idempotency_keys WHERE idempotency_key = $1", &[&key])
+            .await?;
+        if row.get::<_, Vec<u8>>(0) != hash {
+            return Err(ApiError::IdempotencyMismatch);
+        }
+        let Json(stored): Json<Vec<PlacedOrder>> = row.get(1);
+        (stored, true, row.get::<_, &str>(2) == "accepted")
+    };
+    drop(client);
+    if !accepted {
+        publisher.publish(&orders).await?;
+        // If this fails the key stays pending, and a retry re-publishes the same order ids:
+        // harmless, so the client still gets its 202.
+        if let Err(error) = mark_accepted(pool, key).await {
+            tracing::warn!(%error, "could not mark idempotency key accepted");
+        }
+    }
+    Ok(Published { orders, replayed })
+}
+
+async fn mark_accepted(pool: &Pool, key: &str) -> Result<(), ApiError> {
+    pool.get()
+        .await?
+        .execute("UPDATE idempotency_keys SET state = 'accepted' WHERE idempotency_key = $1", &[&key])
+        .await?;
+    Ok(())
+}
+
+fn validate_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(format!("{HEADER} must be 1 to 255 visible ASCII characters")));
+    }
+    Ok(())
+}
+
+/// The request's identity: route plus the validated orders (so whitespace and field order
+/// in the JSON do not matter).
+fn request_hash(route: &str, orders: &[NewOrder]) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    for order in orders {
+        for part in [order.customer_id.as_bytes(), b"\0", order.product_id.as_bytes(), b"\0"] {
+            hasher.update(part);
+        }
+        hasher.update(order.quantity.to_le_bytes());
+        hasher.update(order.amount_cents.to_le_bytes());
+    }
+    hasher.finalize().to_vec()
+}
+
+/// Deletes keys older than `ttl`, every hour. A retry after that creates new orders.
+pub fn spawn_expiry(pool: Pool, ttl: Duration) {
+    tokio::spawn(async move {
+        let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            hourly.tick().await;
+            let Ok(client) = pool.get().await else { continue };
+            let seconds = ttl.as_secs_f64();
+            match client
+                .execute("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)", &[&seconds])
+                .await
+            {
+                Ok(deleted) if deleted > 0 => tracing::info!(deleted, "expired idempotency keys"),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "idempotency key expiry failed"),
+            }
+        }
+    });
+}
