@@ -4,6 +4,7 @@
 mod admin;
 mod crash;
 mod end_to_end;
+mod faults;
 mod invalid;
 mod race;
 mod redelivery;
