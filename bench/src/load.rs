@@ -19,6 +19,8 @@ pub struct LoadSettings {
     pub clients: usize,
     /// Open loop: orders per second to offer, whatever the answers. `None` is closed loop.
     pub rate: Option<f64>,
+    /// Send an Idempotency-Key with every request, so retries after faults are safe.
+    pub idempotency_keys: bool,
 }
 
 #[derive(Debug, Default)]
@@ -67,18 +69,20 @@ pub async fn run(settings: &LoadSettings, bodies: Vec<(usize, String)>, label: &
     let result = Arc::new(Mutex::new(LoadResult::default()));
     let started = Instant::now();
 
+    // One key per request body, unique to this run.
+    let settings_key: Option<String> = settings.idempotency_keys.then(|| format!("{label}-{}", Uuid::now_v7()));
     let interval = settings.rate.map(|rate| Duration::from_secs_f64(settings.batch_size as f64 / rate));
     let mut tasks = Vec::new();
     match interval {
         None => {
             for _ in 0..settings.clients {
-                let (client, url, bodies, next, result, progress) =
-                    (client.clone(), url.clone(), bodies.clone(), next.clone(), result.clone(), progress.clone());
+                let (client, url, bodies, next, result, progress, settings_key) =
+                    (client.clone(), url.clone(), bodies.clone(), next.clone(), result.clone(), progress.clone(), settings_key.clone());
                 tasks.push(tokio::spawn(async move {
                     loop {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some((count, body)) = bodies.get(index) else { break };
-                        send(&client, &url, body, *count, &result).await;
+                        send(&client, &url, body, *count, key(&settings_key, index), &result).await;
                         progress.inc(*count as u64);
                     }
                 }));
@@ -91,11 +95,11 @@ pub async fn run(settings: &LoadSettings, bodies: Vec<(usize, String)>, label: &
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for index in 0..bodies.len() {
                 ticker.tick().await;
-                let (client, url, bodies, result, progress) =
-                    (client.clone(), url.clone(), bodies.clone(), result.clone(), progress.clone());
+                let (client, url, bodies, result, progress, settings_key) =
+                    (client.clone(), url.clone(), bodies.clone(), result.clone(), progress.clone(), settings_key.clone());
                 tasks.push(tokio::spawn(async move {
                     let (count, body) = &bodies[index];
-                    send(&client, &url, body, *count, &result).await;
+                    send(&client, &url, body, *count, key(&settings_key, index), &result).await;
                     progress.inc(*count as u64);
                 }));
             }
@@ -110,10 +114,21 @@ pub async fn run(settings: &LoadSettings, bodies: Vec<(usize, String)>, label: &
     result
 }
 
-/// One request, retried on 429 and 503 (Retry-After honoured) up to a few times.
-async fn send(client: &reqwest::Client, url: &str, body: &str, count: usize, result: &Mutex<LoadResult>) {
-    for attempt in 0..5 {
-        let response = client.post(url).header("content-type", "application/json").body(body.to_owned()).send().await;
+fn key(prefix: &Option<String>, index: usize) -> Option<String> {
+    prefix.as_ref().map(|prefix| format!("{prefix}-{index}"))
+}
+
+/// One request, retried on connection errors, 429 and 503 (Retry-After honoured). Without
+/// an idempotency key a retry after a lost answer could create a second order, so retries
+/// are few; with one they are safe, and the budget covers a restarting service.
+async fn send(client: &reqwest::Client, url: &str, body: &str, count: usize, key: Option<String>, result: &Mutex<LoadResult>) {
+    let attempts = if key.is_some() { 150 } else { 5 };
+    for attempt in 0..attempts {
+        let mut request = client.post(url).header("content-type", "application/json").body(body.to_owned());
+        if let Some(key) = &key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await;
         let response = match response {
             Ok(response) => response,
             Err(error) => {

@@ -52,6 +52,13 @@ struct Args {
     /// Warm-up orders (on a product of their own), not counted.
     #[arg(long, default_value_t = 20_000)]
     warmup: usize,
+    /// Run every workload open-loop at this many orders/s (default: closed loop, as fast as
+    /// answers come).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Send an Idempotency-Key with each request so that retries after faults are safe.
+    #[arg(long)]
+    idempotency_keys: bool,
     /// Also run flash-sale open-loop at this fraction of its measured end-to-end rate (0 = no).
     #[arg(long, default_value_t = 0.5)]
     open_loop_fraction: f64,
@@ -94,14 +101,20 @@ async fn main() -> anyhow::Result<()> {
         runs: Vec::new(),
         references: Vec::new(),
     };
-    let load = LoadSettings { producer_url: args.producer_url.clone(), batch_size: args.batch_size, clients: args.clients, rate: None };
+    let load = LoadSettings {
+        producer_url: args.producer_url.clone(),
+        batch_size: args.batch_size,
+        clients: args.clients,
+        rate: args.rate,
+        idempotency_keys: args.idempotency_keys,
+    };
 
     if args.warmup > 0 {
         warm_up(&args, &pool, &load).await?;
     }
     for workload in &args.workloads {
         let run = run_workload(&args, &pool, &load, *workload, workload.name().to_owned()).await?;
-        let open_loop = *workload == Workload::FlashSale && args.open_loop_fraction > 0.0;
+        let open_loop = *workload == Workload::FlashSale && args.open_loop_fraction > 0.0 && args.rate.is_none();
         let half = run.outcome.end_to_end_per_second * args.open_loop_fraction;
         report.runs.push(run);
         if open_loop && half > 0.0 {

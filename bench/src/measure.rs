@@ -47,10 +47,17 @@ impl Checks {
 
 /// Waits until `expected` orders of the run are in the database, or `timeout`.
 pub async fn wait_finalized(pool: &Pool, floor: Uuid, expected: i64, timeout: Duration) -> anyhow::Result<i64> {
-    let client = pool.get().await?;
     let started = Instant::now();
+    let mut count = 0;
     loop {
-        let count: i64 = client.query_one("SELECT count(*) FROM orders WHERE order_id >= $1", &[&floor]).await?.get(0);
+        // Tolerates a restarting database (chaos runs): an error is just another poll.
+        match pool.get().await {
+            Ok(client) => match client.query_one("SELECT count(*) FROM orders WHERE order_id >= $1", &[&floor]).await {
+                Ok(row) => count = row.get(0),
+                Err(error) => eprintln!("poll failed: {error}"),
+            },
+            Err(error) => eprintln!("poll failed: {error}"),
+        }
         if count >= expected || started.elapsed() > timeout {
             return Ok(count);
         }
