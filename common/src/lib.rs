@@ -8,6 +8,7 @@ pub mod dev_broker;
 pub mod kafka;
 pub mod metrics;
 pub mod order;
+pub mod shutdown;
 pub mod telemetry;
 pub mod testing;
 

@@ -11,6 +11,7 @@ pub fn init(format: LogFormat) {
     // try_init: tests start several apps in one process and only the first may install it.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        // The current span carries order_id (producer) into every event logged while handling it.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
     };
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use orderflow_common::db::{self, DbError};
 use orderflow_common::kafka;
+use orderflow_common::shutdown::termination_signal;
 
 use crate::admin::{self, AdminState};
 use crate::context::OrderflowContext;
@@ -178,13 +179,4 @@ fn spawn_abandon_timer(shutdown: CancellationToken, abandon: CancellationToken, 
         tokio::time::sleep(drain_timeout).await;
         abandon.cancel();
     });
-}
-
-async fn termination_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
 }

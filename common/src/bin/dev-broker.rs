@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use orderflow_common::config::LogSettings;
 use orderflow_common::dev_broker::DevBroker;
+use orderflow_common::shutdown::termination_signal;
 use orderflow_common::{telemetry, DEAD_LETTER_TOPIC};
 
 #[derive(Debug, Parser)]
@@ -31,16 +32,7 @@ async fn main() -> anyhow::Result<()> {
     let topics = [(args.topic.clone(), args.partitions), (DEAD_LETTER_TOPIC.to_owned(), 1)];
     let broker = DevBroker::start(args.listen, &topics).await.context("starting the dev broker")?;
     println!("dev broker ready on {}", broker.bootstrap_servers());
-    shutdown_signal().await;
+    termination_signal().await;
     tracing::info!("dev broker stopping; all messages were in memory and are gone");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
 }
