@@ -19,6 +19,17 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+# The OpenAPI test runs schemathesis (PyPI); keep it in a venv under target/, pinned.
+SCHEMATHESIS_VERSION=4.32.5
+st_venv=target/schemathesis-venv
+if ! "$st_venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    log "installing schemathesis $SCHEMATHESIS_VERSION into $st_venv"
+    command -v python3 >/dev/null 2>&1 || apt_install python3
+    python3 -m venv "$st_venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$st_venv"; }
+    "$st_venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+export SCHEMATHESIS="$ROOT/$st_venv/bin/st"
+
 failed_steps=()
 
 log "cargo nextest run --workspace --no-fail-fast $*"

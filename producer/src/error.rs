@@ -24,8 +24,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0} not found")]
     NotFound(String),
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    #[error("method not allowed; allowed: {allow}")]
+    MethodNotAllowed { allow: &'static str },
     #[error(transparent)]
     Admin(#[from] AdminAuthError),
     #[error("{0}")]
@@ -60,7 +60,7 @@ impl ApiError {
             Self::MalformedJson(_) | Self::BadRequest(_) => "bad_request",
             Self::PayloadTooLarge { .. } => "too_large",
             Self::NotFound(_) => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Admin(_) => "unauthorized",
             Self::Conflict(_) => "conflict",
             Self::IdempotencyMismatch => "idempotency_mismatch",
@@ -86,7 +86,7 @@ impl ResponseError for ApiError {
             Self::Admin(AdminAuthError::Unauthorized) => StatusCode::UNAUTHORIZED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -100,6 +100,9 @@ impl ResponseError for ApiError {
             Self::Database(cause) => tracing::warn!(error = %cause, "database request failed"),
             Self::RateLimited { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            Self::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, *allow));
             }
             Self::Admin(AdminAuthError::Unauthorized) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));

@@ -3,6 +3,7 @@
 pub mod error;
 pub mod http_metrics;
 pub mod idempotency;
+pub mod openapi;
 pub mod publisher;
 pub mod rate_limit;
 pub mod routes;

@@ -53,7 +53,7 @@ impl RateLimits {
 
 /// Probes and scrapes are never limited: an overloaded API must still report its health.
 fn is_exempt(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics")
+    matches!(path, "/health" | "/ready" | "/metrics" | "/openapi.json")
 }
 
 pub async fn enforce(

@@ -84,26 +84,17 @@ impl Application {
                         .content_type_required(false)
                         .error_handler(error::json_error(limit_settings.max_order_bytes)),
                 )
-                .service(
-                    web::resource("/order")
-                        .app_data(order_json)
-                        .route(web::post().to(routes::place_order))
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .service(
-                    web::resource("/orders/batch")
-                        .app_data(batch_json)
-                        .route(web::post().to(routes::place_batch))
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .route("/orders/{order_id}", web::get().to(routes::get_order))
-                .route("/inventory/{product_id}", web::get().to(routes::get_inventory))
-                .route("/admin/products", web::post().to(routes::create_product))
-                .route("/admin/products/{product_id}/restock", web::post().to(routes::restock))
-                .route("/admin/inventory", web::get().to(routes::list_inventory))
-                .route("/health", web::get().to(routes::health))
-                .route("/ready", web::get().to(routes::ready))
-                .route("/metrics", web::get().to(routes::metrics))
+                .service(with_json(resource("/order", "POST").route(web::post().to(routes::place_order)), order_json))
+                .service(with_json(resource("/orders/batch", "POST").route(web::post().to(routes::place_batch)), batch_json))
+                .service(resource("/orders/{order_id}", "GET").route(web::get().to(routes::get_order)))
+                .service(resource("/inventory/{product_id}", "GET").route(web::get().to(routes::get_inventory)))
+                .service(resource("/admin/products", "POST").route(web::post().to(routes::create_product)))
+                .service(resource("/admin/products/{product_id}/restock", "POST").route(web::post().to(routes::restock)))
+                .service(resource("/admin/inventory", "GET").route(web::get().to(routes::list_inventory)))
+                .service(resource("/health", "GET").route(web::get().to(routes::health)))
+                .service(resource("/ready", "GET").route(web::get().to(routes::ready)))
+                .service(resource("/metrics", "GET").route(web::get().to(routes::metrics)))
+                .service(resource("/openapi.json", "GET").route(web::get().to(crate::openapi::openapi_json)))
                 .default_service(web::to(not_found))
         })
         .listen(listener)
@@ -145,6 +136,13 @@ async fn not_found(request: actix_web::HttpRequest) -> Result<actix_web::HttpRes
     Err(ApiError::NotFound(format!("route {} {}", request.method(), request.path())))
 }
 
-async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+/// A route whose other methods answer 405 with an Allow header.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed { allow })
+    }))
+}
+
+fn with_json(resource: actix_web::Resource, config: web::JsonConfig) -> actix_web::Resource {
+    resource.app_data(config)
 }

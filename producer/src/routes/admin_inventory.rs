@@ -19,6 +19,14 @@ pub struct Page {
     after: Option<String>,
 }
 
+#[utoipa::path(get, path = "/admin/inventory", security(("admin_token" = [])),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("after" = Option<String>, Query, description = "last product_id of the previous page")),
+    responses((status = 200, description = "a page of inventory, by product_id", body = crate::openapi::InventoryPage), (status = 400, description = "invalid input", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "admin routes disabled (no ADMIN_TOKEN)", body = crate::openapi::ErrorBody),
+        (status = 413, description = "body too large", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate limited", body = crate::openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = crate::openapi::ErrorBody)))]
 pub async fn list_inventory(
     request: HttpRequest,
     token: web::Data<AdminToken>,

@@ -19,15 +19,25 @@ const MAX_STOCK_CHANGE: i64 = 1_000_000_000;
 pub struct NewProduct {
     product_id: String,
     product_name: String,
+    #[serde(deserialize_with = "orderflow_common::order::deserialize_whole_number")]
     quantity: i64,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Restock {
+    #[serde(deserialize_with = "orderflow_common::order::deserialize_whole_number")]
     quantity: i64,
 }
 
+#[utoipa::path(post, path = "/admin/products", request_body = crate::openapi::NewProduct, security(("admin_token" = [])),
+    responses((status = 201, description = "created", body = crate::openapi::Inventory),
+        (status = 409, description = "product exists", body = crate::openapi::ErrorBody), (status = 400, description = "invalid input", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "admin routes disabled (no ADMIN_TOKEN)", body = crate::openapi::ErrorBody),
+        (status = 413, description = "body too large", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate limited", body = crate::openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = crate::openapi::ErrorBody)))]
 /// POST /admin/products: 201 with the new inventory row, 409 if the product exists.
 pub async fn create_product(
     request: HttpRequest,
@@ -38,8 +48,9 @@ pub async fn create_product(
     require_admin(&request, &token)?;
     let invalid = |field: &str, message: &str| ApiError::BadRequest(format!("{field} {message}"));
     validate_id(&body.product_id).map_err(|m| invalid("product_id", m))?;
-    if body.product_name.trim().is_empty() || body.product_name.chars().count() > 200 {
-        return Err(invalid("product_name", "must be 1 to 200 characters"));
+    let name = &body.product_name;
+    if name.trim().is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(invalid("product_name", "must be 1 to 200 characters, not all blank, no control characters"));
     }
     if !(0..=MAX_STOCK_CHANGE).contains(&body.quantity) {
         return Err(invalid("quantity", "must be an integer from 0 to 1000000000"));
@@ -61,6 +72,15 @@ pub async fn create_product(
     }
 }
 
+#[utoipa::path(post, path = "/admin/products/{product_id}/restock", request_body = crate::openapi::Restock, security(("admin_token" = [])),
+    params(("product_id" = String, Path)),
+    responses((status = 200, description = "restocked", body = crate::openapi::Restocked),
+        (status = 404, description = "unknown product", body = crate::openapi::ErrorBody), (status = 400, description = "invalid input", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "admin routes disabled (no ADMIN_TOKEN)", body = crate::openapi::ErrorBody),
+        (status = 413, description = "body too large", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate limited", body = crate::openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = crate::openapi::ErrorBody)))]
 /// POST /admin/products/{product_id}/restock: adds to available and total stock. Waits for
 /// the row lock (consumers retry around it), so it never fails on a busy product.
 pub async fn restock(

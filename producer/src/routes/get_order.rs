@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 
-#[derive(Serialize)]
-struct StoredOrder {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StoredOrder {
     order_id: Uuid,
     customer_id: String,
     product_id: String,
@@ -19,6 +19,11 @@ struct StoredOrder {
     processed_at: DateTime<Utc>,
 }
 
+#[utoipa::path(get, path = "/orders/{order_id}", params(("order_id" = uuid::Uuid, Path, description = "the id from the 202")),
+    responses((status = 200, description = "the stored order", body = StoredOrder), (status = 400, description = "bad path parameter", body = crate::openapi::ErrorBody),
+        (status = 404, description = "unknown or not processed yet", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate limited", body = crate::openapi::ErrorBody),
+        (status = 503, description = "database unavailable", body = crate::openapi::ErrorBody)))]
 /// GET /orders/{order_id}: the order as stored, or 404 while it is unknown or not yet processed.
 pub async fn get_order(path: web::Path<String>, pool: web::Data<Pool>) -> Result<HttpResponse, ApiError> {
     let order_id: Uuid = path

@@ -10,11 +10,15 @@ use crate::publisher::OrderPublisher;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "alive", body = crate::openapi::Status)))]
 /// GET /health: the process is alive and serving.
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/ready", responses(
+    (status = 200, description = "Kafka and the database are reachable", body = serde_json::Value),
+    (status = 503, description = "Kafka or the database is not reachable", body = serde_json::Value)))]
 /// GET /ready: Kafka metadata and the database are both reachable, so orders can be taken.
 pub async fn ready(publisher: web::Data<OrderPublisher>, pool: web::Data<Pool>) -> HttpResponse {
     let kafka = {

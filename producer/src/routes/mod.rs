@@ -1,13 +1,13 @@
 //! One file per route.
 
-mod admin_inventory;
-mod admin_products;
-mod get_inventory;
-mod get_order;
-mod health;
-mod metrics;
-mod place_batch;
-mod place_order;
+pub(crate) mod admin_inventory;
+pub(crate) mod admin_products;
+pub(crate) mod get_inventory;
+pub(crate) mod get_order;
+pub(crate) mod health;
+pub(crate) mod metrics;
+pub(crate) mod place_batch;
+pub(crate) mod place_order;
 
 pub use admin_inventory::list_inventory;
 pub use admin_products::{create_product, restock};
@@ -55,7 +55,7 @@ fn parse(body: &str) -> Result<Value, ApiError> {
 }
 use uuid::Uuid;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AcceptedOrder {
     pub order_id: Uuid,
     pub status: &'static str,

@@ -15,14 +15,22 @@ use crate::publisher::OrderPublisher;
 
 pub const MAX_BATCH_ORDERS: usize = 5000;
 
-#[derive(Serialize)]
-struct BatchAccepted {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BatchAccepted {
     accepted: usize,
     orders: Vec<AcceptedOrder>,
 }
 
 /// POST /orders/batch: all or nothing at validation. Every entry is checked before anything
 /// is published, and the 400 names each bad index and field.
+#[utoipa::path(post, path = "/orders/batch", request_body = crate::openapi::OrderBatch,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "Retries with the same key and body get the same order ids")),
+    responses((status = 202, description = "all accepted, in request order", body = BatchAccepted),
+        (status = 400, description = "invalid input", body = crate::openapi::ErrorBody),
+        (status = 413, description = "body too large", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Idempotency-Key reused with another request", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate limited", body = crate::openapi::ErrorBody),
+        (status = 503, description = "broker did not acknowledge, or database unavailable; nothing accepted", body = crate::openapi::ErrorBody)))]
 #[tracing::instrument(name = "place batch", skip_all, fields(orders))]
 pub async fn place_batch(
     request: HttpRequest,

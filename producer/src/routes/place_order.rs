@@ -11,6 +11,14 @@ use crate::publisher::OrderPublisher;
 
 /// POST /order: validate, give the order a time-ordered id, publish, and answer 202 only
 /// once the broker has acknowledged it. With an Idempotency-Key, a retry gets the same id.
+#[utoipa::path(post, path = "/order", request_body = crate::openapi::OrderRequest,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "Retries with the same key and body get the same order id")),
+    responses((status = 202, description = "accepted: the broker has the order", body = AcceptedOrder),
+        (status = 400, description = "invalid input", body = crate::openapi::ErrorBody),
+        (status = 413, description = "body too large", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Idempotency-Key reused with another request", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate limited", body = crate::openapi::ErrorBody),
+        (status = 503, description = "broker did not acknowledge, or database unavailable; nothing accepted", body = crate::openapi::ErrorBody)))]
 #[tracing::instrument(name = "place order", skip_all, fields(order_id))]
 pub async fn place_order(
     request: HttpRequest,

@@ -4,6 +4,7 @@ mod helpers;
 mod admin;
 mod health;
 mod idempotency;
+mod openapi;
 mod place_batch;
 mod place_order;
 mod queries;

@@ -59,7 +59,11 @@ async fn unknown_routes_and_methods_get_json_errors() {
     let app = spawn_app().await;
     assert_json_error(app.get("/nope").await, 404).await;
     assert_json_error(app.get("/order").await, 405).await;
-    assert_json_error(app.post("/inventory/PROD001", &json!({})).await, 404).await;
+    let wrong_method = app.post("/inventory/PROD001", &json!({})).await;
+    assert_eq!(wrong_method.headers()["allow"], "GET");
+    assert_json_error(wrong_method, 405).await;
+    let trace = app.client.request(reqwest::Method::TRACE, format!("{}/health", app.address)).send().await.unwrap();
+    assert_json_error(trace, 405).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
