@@ -44,6 +44,15 @@ fn require_admin(request: &actix_web::HttpRequest, token: &orderflow_common::adm
     Ok(token.check(authorization)?)
 }
 
+/// 202, marked when it repeats the answer to an earlier request with the same key.
+fn accepted(replayed: bool) -> actix_web::HttpResponseBuilder {
+    let mut response = actix_web::HttpResponse::Accepted();
+    if replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    response
+}
+
 /// The Idempotency-Key header, if the client sent one.
 fn idempotency_key(request: &actix_web::HttpRequest) -> Option<&str> {
     request.headers().get(crate::idempotency::HEADER).and_then(|value| value.to_str().ok())

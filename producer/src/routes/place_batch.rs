@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{idempotency_key, parse};
+use super::{accepted, idempotency_key, parse};
 
 use orderflow_common::order::{FieldError, NewOrder};
 
@@ -52,11 +52,7 @@ pub async fn place_batch(
     }
     let published = result?;
     let orders: Vec<AcceptedOrder> = published.orders.iter().map(|order| AcceptedOrder::new(order.order_id)).collect();
-    let mut response = HttpResponse::Accepted();
-    if published.replayed {
-        response.insert_header(("Idempotent-Replayed", "true"));
-    }
-    Ok(response.json(BatchAccepted { accepted: orders.len(), orders }))
+    Ok(accepted(published.replayed).json(BatchAccepted { accepted: orders.len(), orders }))
 }
 
 /// All orders, or the error and how many orders it refuses. Valid batches take the typed

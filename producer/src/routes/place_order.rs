@@ -4,7 +4,7 @@ use serde_json::value::RawValue;
 
 use orderflow_common::order::NewOrder;
 
-use super::{idempotency_key, parse, AcceptedOrder};
+use super::{accepted, idempotency_key, parse, AcceptedOrder};
 use crate::error::{count_refused, ApiError};
 use crate::idempotency;
 use crate::publisher::OrderPublisher;
@@ -42,9 +42,5 @@ async fn place(request: &HttpRequest, body: &str, publisher: &OrderPublisher, po
     let published = idempotency::publish(idempotency_key(request), "/order", vec![order], publisher, pool).await?;
     let order_id = published.orders[0].order_id;
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
-    let mut response = HttpResponse::Accepted();
-    if published.replayed {
-        response.insert_header(("Idempotent-Replayed", "true"));
-    }
-    Ok(response.json(AcceptedOrder::new(order_id)))
+    Ok(accepted(published.replayed).json(AcceptedOrder::new(order_id)))
 }
