@@ -54,6 +54,10 @@ pub struct LimitSettings {
     /// Requests per second allowed across all clients (0 disables the limit).
     #[arg(long, env = "RATE_LIMIT_GLOBAL", default_value_t = 20_000)]
     pub global_per_second: u32,
+    /// Time a client gets to send its request headers before the connection is closed
+    /// (408): slow or half-open clients cannot hold connections forever.
+    #[arg(long, env = "CLIENT_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub client_header_timeout_ms: u64,
     /// Largest accepted body of POST /order, in bytes.
     #[arg(long, env = "MAX_ORDER_BYTES", default_value_t = 16 * 1024)]
     pub max_order_bytes: usize,
@@ -76,7 +80,13 @@ impl Default for PublishSettings {
 
 impl Default for LimitSettings {
     fn default() -> Self {
-        Self { per_ip_per_second: 2_000, global_per_second: 20_000, max_order_bytes: 16 * 1024, max_batch_bytes: 4 * 1024 * 1024 }
+        Self {
+            per_ip_per_second: 2_000,
+            global_per_second: 20_000,
+            client_header_timeout_ms: 10_000,
+            max_order_bytes: 16 * 1024,
+            max_batch_bytes: 4 * 1024 * 1024,
+        }
     }
 }
 

@@ -100,7 +100,7 @@ impl Application {
         .listen(listener)
         .map_err(listen)?
         // Slow or half-open clients must not hold connections forever.
-        .client_request_timeout(Duration::from_secs(10))
+        .client_request_timeout(Duration::from_millis(settings.limits.client_header_timeout_ms))
         .client_disconnect_timeout(Duration::from_secs(2))
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
         .run();
