@@ -101,3 +101,31 @@ async fn rate_limit_answers_429_with_retry_after() {
     assert_eq!(app.get("/health").await.status().as_u16(), 200);
     let _ = TOPIC;
 }
+
+/// The broker goes away: orders get 503, never 202. It comes back (an empty dev broker on the
+/// same address): the API recovers by itself, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_recovers_by_itself_when_the_broker_returns() {
+    use orderflow_common::dev_broker::DevBroker;
+    let broker = DevBroker::start("127.0.0.1:0".parse().unwrap(), &[(TOPIC.into(), 4)]).await.unwrap();
+    let addr = broker.addr();
+    let app = spawn_app_with(|s| {
+        s.kafka.brokers = addr.to_string();
+        s.publish.timeout_ms = 1500;
+    })
+    .await;
+    assert_eq!(app.post("/order", &order("C", "PROD001", 1)).await.status().as_u16(), 202);
+
+    drop(broker);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        assert_json_error(app.post("/order", &order("C", "PROD001", 1)).await, 503).await;
+    }
+
+    let _back = DevBroker::start(addr, &[(TOPIC.into(), 4)]).await.expect("same address again");
+    let recovered = orderflow_common::testing::eventually(std::time::Duration::from_secs(60), "a 202 after the broker returned", || async {
+        (app.post("/order", &order("C", "PROD001", 1)).await.status().as_u16() == 202).then_some(())
+    })
+    .await;
+    let _ = recovered;
+}
