@@ -2,8 +2,7 @@
 //! of one consumer never wait for each other's row locks; each part is one transaction,
 //! retried until it commits.
 
-use std::collections::HashSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,12 +82,26 @@ fn unique_by_order_id(orders: &[ValidOrder]) -> Vec<&ValidOrder> {
 }
 
 /// Splits into at most `parts` groups by product, keeping offset order inside each group.
+/// Products go, busiest first, to the group with the fewest orders so far: a flash sale has
+/// a handful of hot products, and a hash would often leave one worker with twice the work
+/// of another while the batch waits for the slowest.
 fn split_by_product<'a>(orders: &[&'a ValidOrder], parts: usize) -> Vec<Vec<&'a ValidOrder>> {
-    let mut groups: Vec<Vec<&ValidOrder>> = vec![Vec::new(); parts];
+    let mut per_product: HashMap<&str, usize> = HashMap::new();
     for order in orders {
-        let mut hasher = DefaultHasher::new();
-        order.product_id.hash(&mut hasher);
-        groups[(hasher.finish() % parts as u64) as usize].push(order);
+        *per_product.entry(order.product_id.as_str()).or_default() += 1;
+    }
+    let mut busiest_first: Vec<(&str, usize)> = per_product.into_iter().collect();
+    busiest_first.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut load = vec![0_usize; parts];
+    let mut group_of: HashMap<&str, usize> = HashMap::with_capacity(busiest_first.len());
+    for (product, count) in busiest_first {
+        let lightest = (0..parts).min_by_key(|&group| load[group]).unwrap_or(0);
+        load[lightest] += count;
+        group_of.insert(product, lightest);
+    }
+    let mut groups: Vec<Vec<&ValidOrder>> = load.iter().map(|&n| Vec::with_capacity(n)).collect();
+    for order in orders {
+        groups[group_of[order.product_id.as_str()]].push(order);
     }
     groups.retain(|group| !group.is_empty());
     groups
@@ -132,6 +145,22 @@ mod tests {
             // UUIDv7 made in sequence sort in creation order, which is offset order here.
             assert!(part.windows(2).all(|w| w[0].order_id < w[1].order_id));
         }
+    }
+
+    #[test]
+    fn hot_products_are_spread_evenly_over_the_parts() {
+        // Ten equally hot products over four parts: no part may get more than three.
+        let orders: Vec<ValidOrder> = (0..1000).map(|i| order(&format!("PROD{:03}", i % 10))).collect();
+        let refs: Vec<&ValidOrder> = orders.iter().collect();
+        let sizes: Vec<usize> = split_by_product(&refs, 4).iter().map(Vec::len).collect();
+        assert_eq!(sizes.len(), 4);
+        assert!(sizes.iter().all(|&n| (200..=300).contains(&n)), "{sizes:?}");
+        // One product that dominates gets a part to itself.
+        let mut skewed: Vec<ValidOrder> = (0..900).map(|_| order("HOT")).collect();
+        skewed.extend((0..100).map(|i| order(&format!("COLD{i}"))));
+        let refs: Vec<&ValidOrder> = skewed.iter().collect();
+        let parts = split_by_product(&refs, 4);
+        assert!(parts.iter().any(|part| part.len() == 900 && part.iter().all(|o| o.product_id == "HOT")));
     }
 
     #[test]
