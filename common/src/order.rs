@@ -188,7 +188,15 @@ pub struct PlacedOrder {
     pub product_id: String,
     pub quantity: i64,
     pub amount: f64,
+    #[serde(deserialize_with = "deserialize_rfc3339")]
     pub placed_at: DateTime<Utc>,
+}
+
+/// chrono's own `Deserialize` goes through its general format parser; the RFC 3339 parser
+/// reads the same timestamps at a fraction of the cost, which shows at 100k messages/s.
+fn deserialize_rfc3339<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+    let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+    DateTime::parse_from_rfc3339(&text).map(|at| at.with_timezone(&Utc)).map_err(serde::de::Error::custom)
 }
 
 /// Why a message from Kafka cannot become an order.
