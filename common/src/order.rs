@@ -188,8 +188,34 @@ pub struct PlacedOrder {
     pub product_id: String,
     pub quantity: i64,
     pub amount: f64,
-    #[serde(deserialize_with = "deserialize_rfc3339")]
+    #[serde(serialize_with = "serialize_rfc3339", deserialize_with = "deserialize_rfc3339")]
     pub placed_at: DateTime<Utc>,
+}
+
+/// `2026-11-22T14:10:59.478145222Z`, always nine fraction digits. chrono's `Serialize`
+/// formats through `core::fmt` one character at a time, which showed in the producer's
+/// profile; this writes the fixed-width form into a stack buffer.
+fn serialize_rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    use chrono::{Datelike, Timelike};
+    if !(0..=9999).contains(&at.year()) || at.nanosecond() >= 1_000_000_000 {
+        // A leap second (or a clock past RFC 3339's four-digit years): chrono's own form.
+        return serializer.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+    }
+    let mut text = *b"0000-00-00T00:00:00.000000000Z";
+    let mut put = |end: usize, width: usize, mut value: u32| {
+        for position in (end - width..end).rev() {
+            text[position] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(4, 4, at.year() as u32);
+    put(7, 2, at.month());
+    put(10, 2, at.day());
+    put(13, 2, at.hour());
+    put(16, 2, at.minute());
+    put(19, 2, at.second());
+    put(29, 9, at.nanosecond());
+    serializer.serialize_str(std::str::from_utf8(&text).expect("ASCII digits"))
 }
 
 /// chrono's own `Deserialize` goes through its general format parser; the RFC 3339 parser
@@ -363,6 +389,33 @@ mod tests {
         assert_eq!(NewOrder::parse_valid_batch(&batch).map(|b| b.len()), Some(2));
         let mixed = format!("[{},{}]", cases[0], cases[2]);
         assert_eq!(NewOrder::parse_valid_batch(&mixed), None);
+    }
+
+    #[test]
+    fn placed_at_is_written_as_rfc3339_and_read_back_exactly() {
+        use chrono::TimeZone;
+        let cases = [
+            Utc.with_ymd_and_hms(2026, 11, 22, 14, 10, 59).unwrap() + chrono::Duration::nanoseconds(478_145_222),
+            Utc.with_ymd_and_hms(2001, 2, 3, 4, 5, 6).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap() + chrono::Duration::nanoseconds(999_999_999),
+        ];
+        for placed_at in cases {
+            let order = PlacedOrder {
+                order_id: Uuid::now_v7(),
+                customer_id: "C".into(),
+                product_id: "P".into(),
+                quantity: 1,
+                amount: 1.0,
+                placed_at,
+            };
+            let json = serde_json::to_value(&order).unwrap();
+            let text = json["placed_at"].as_str().unwrap();
+            assert_eq!(DateTime::parse_from_rfc3339(text).unwrap(), placed_at, "{text}");
+            assert_eq!(serde_json::from_value::<PlacedOrder>(json).unwrap(), order);
+        }
+        let text = serde_json::to_value(PlacedOrder { placed_at: cases[0], ..PlacedOrder::new(
+            NewOrder { customer_id: "C".into(), product_id: "P".into(), quantity: 1, amount_cents: 100 }, Uuid::nil(), cases[0]) }).unwrap();
+        assert_eq!(text["placed_at"], "2026-11-22T14:10:59.478145222Z");
     }
 
     #[test]
