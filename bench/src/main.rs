@@ -25,6 +25,9 @@ use crate::load::LoadSettings;
 use crate::report::{Machine, Reference, Report, Run};
 use crate::workload::Workload;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(about = "orderflow load generator and benchmark")]
 struct Args {
@@ -68,9 +71,10 @@ struct Args {
     /// Concurrent workers of the per-order reference.
     #[arg(long, default_value_t = 50)]
     reference_workers: usize,
-    /// Orders per transaction group in the set-based ceiling.
-    #[arg(long, default_value_t = 5000)]
-    ceiling_batch: usize,
+    /// Orders per transaction group in the set-based ceiling. Each size is tried on a fresh
+    /// database and the fastest is the ceiling, so the ratio is against the best of them.
+    #[arg(long, value_delimiter = ',', default_values_t = [2000, 5000, 10000, 20000])]
+    ceiling_batch: Vec<usize>,
     /// Parallel writers (split by product) in the set-based ceiling.
     #[arg(long, default_value_t = 4)]
     ceiling_workers: usize,
@@ -94,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let pool = db::pool(&DatabaseSettings::new(&args.database_url))?;
     db::ping(&pool).await.context("database not reachable: is the stack up (scripts/up.sh)?")?;
+    measure::refresh_planner_statistics(&pool).await?;
     let mut report = Report {
         started_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -216,11 +221,20 @@ async fn per_order_reference(args: &Args) -> anyhow::Result<Reference> {
 async fn set_based_reference(args: &Args) -> anyhow::Result<Reference> {
     let orders = Workload::FlashSale.orders(args.orders, args.seed);
     let stock = Workload::FlashSale.stock(&orders);
-    let (_database, pool) = scratch(&stock).await?;
-    let floor = Uuid::now_v7();
-    eprintln!("set-based ceiling: {} orders", orders.len());
-    let elapsed = reference::set_based(&pool, &orders, args.ceiling_batch, args.ceiling_workers).await?;
-    finish_reference("set-based database ceiling".into(), &pool, floor, orders.len(), elapsed, &stock).await
+    let mut best: Option<Reference> = None;
+    for &chunk in &args.ceiling_batch {
+        let (_database, pool) = scratch(&stock).await?;
+        let floor = Uuid::now_v7();
+        eprintln!("set-based ceiling: {} orders in transactions of {chunk}", orders.len());
+        let elapsed = reference::set_based(&pool, &orders, chunk, args.ceiling_workers).await?;
+        let name = format!("set-based database ceiling ({chunk} per batch)");
+        let candidate = finish_reference(name, &pool, floor, orders.len(), elapsed, &stock).await?;
+        // A failed check disqualifies nobody silently: it is kept and fails the run.
+        if best.as_ref().is_none_or(|b| !candidate.checks_passed || (b.checks_passed && candidate.per_second > b.per_second)) {
+            best = Some(candidate);
+        }
+    }
+    best.context("no ceiling batch size given")
 }
 
 async fn finish_reference(

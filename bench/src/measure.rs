@@ -45,6 +45,21 @@ impl Checks {
     }
 }
 
+/// The bench polls and checks with range and `= ANY` queries on a table that may hold
+/// millions of rows. Without statistics (autovacuum off, or a table that just grew) the planner
+/// takes them for large and scans the whole table in parallel, stealing a core from the very
+/// run being measured. Autovacuum keeps statistics fresh in a normal installation; this makes
+/// the bench independent of it.
+pub async fn refresh_planner_statistics(pool: &Pool) -> anyhow::Result<()> {
+    let client = pool.get().await?;
+    let autovacuum: String = client.query_one("SHOW autovacuum", &[]).await?.get(0);
+    if autovacuum != "on" {
+        eprintln!("note: autovacuum is {autovacuum} on this server; running ANALYZE so that the planner has statistics");
+    }
+    client.batch_execute("ANALYZE orders; ANALYZE inventory").await?;
+    Ok(())
+}
+
 /// Waits until `expected` orders of the run are in the database, or `timeout`.
 pub async fn wait_finalized(pool: &Pool, floor: Uuid, expected: i64, timeout: Duration) -> anyhow::Result<i64> {
     let started = Instant::now();

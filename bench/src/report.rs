@@ -78,7 +78,7 @@ impl Report {
             .iter()
             .map(|run| {
                 let e2e = run.outcome.end_to_end_per_second;
-                let ratio = |reference: Option<f64>| reference.map_or("n/a".to_owned(), |r| format!("{:.1}x", e2e / r));
+                let ratio = |reference: Option<f64>| reference.map_or("n/a".to_owned(), |r| format!("{:.2}x", e2e / r));
                 format!(
                     "{}: {:.0} orders/s end-to-end, {:.0}/s accepted, p99 {:.0} ms; vs per-order design {}, vs database ceiling {}; checks {}",
                     run.name,
