@@ -6,6 +6,7 @@ mod crash;
 mod end_to_end;
 mod faults;
 mod invalid;
+mod plans;
 mod race;
 mod redelivery;
 mod support;

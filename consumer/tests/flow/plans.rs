@@ -1,0 +1,63 @@
+//! The reservation statements are prepared once per connection and run for the life of
+//! the consumer. PostgreSQL switches a prepared statement to a generic plan after a few
+//! runs, chosen for the table sizes of that moment and blind to the array parameter's
+//! length. A consumer that started on a small catalogue then kept a sequential scan with a
+//! linear `= ANY($1)` search after the catalogue grew to 100,000 products: about a
+//! millisecond per order. Every execution must be planned for its own parameters.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use orderflow_common::db;
+use orderflow_common::order::ValidOrder;
+use orderflow_common::testing::TestDatabase;
+use orderflow_consumer::stats::Stats;
+use orderflow_consumer::worker_pool::WorkerPool;
+
+fn order(product: &str) -> ValidOrder {
+    ValidOrder {
+        order_id: Uuid::now_v7(),
+        customer_id: "CUST1".into(),
+        product_id: product.into(),
+        quantity: 1,
+        amount_cents: 100,
+        placed_at: Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn reservation_statements_are_never_run_with_a_generic_plan() {
+    let database = TestDatabase::create().await;
+    let mut settings = database.settings();
+    // One connection: the prepared statements inspected below are the ones the writes used.
+    settings.pool_size = 1;
+    let pool = db::pool(&settings).expect("pool");
+    db::migrate(&pool).await.expect("migrations");
+    let writer = WorkerPool::new(pool.clone(), 1, Arc::new(Stats::default()));
+    let never = CancellationToken::new();
+
+    // Well past the five custom plans after which PostgreSQL considers a generic one.
+    for _ in 0..12 {
+        let batch = vec![order("PROD001"), order("PROD002"), order("NO-SUCH-PRODUCT")];
+        writer.write(&batch, &never).await.expect("written");
+    }
+
+    let client = pool.get().await.expect("connection");
+    let rows = client
+        .query("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements", &[])
+        .await
+        .expect("prepared statements");
+    let reservation: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)))
+        .filter(|(statement, _, _)| statement.contains("inventory") || statement.contains("orders"))
+        .collect();
+    assert!(reservation.len() >= 3, "the reservation statements were prepared: {reservation:?}");
+    for (statement, generic, custom) in &reservation {
+        assert_eq!(*generic, 0, "generic plan used for {statement}");
+        assert!(*custom >= 12, "planned for every execution: {custom} custom plans for {statement}");
+    }
+}
