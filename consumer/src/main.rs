@@ -3,11 +3,6 @@ use orderflow_common::{db, telemetry};
 use orderflow_consumer::settings::{Cli, Command};
 use orderflow_consumer::Application;
 
-// glibc malloc showed as ~15% of the producer's profile under load (per-order strings,
-// payloads and futures freed on other threads); mimalloc's thread-local free lists are cheaper.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Cli { command, settings } = Cli::parse();
