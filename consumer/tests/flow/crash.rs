@@ -5,7 +5,8 @@ use rand::Rng;
 
 use crate::support::{message, placed_order, Stack};
 
-const ORDERS: i64 = 20_000;
+// Large enough that four lives of a consumer writing ~100k orders/s cannot finish it.
+const ORDERS: i64 = 100_000;
 
 fn spawn_consumer(stack: &Stack) -> Child {
     Command::new(env!("CARGO_BIN_EXE_consumer"))
@@ -44,7 +45,7 @@ async fn a_consumer_killed_mid_stream_loses_nothing_and_applies_nothing_twice() 
             (stack.order_count().await > last_count).then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(0..400))).await;
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(0..150))).await;
         consumer.kill().expect("SIGKILL");
         consumer.wait().unwrap();
         kills += 1;
