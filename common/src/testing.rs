@@ -1,10 +1,103 @@
 //! Test support shared by the crates' integration tests: a fresh database per test,
-//! dropped afterwards.
+//! dropped afterwards, and the Kafka broker the test talks to.
 
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use crate::config::DatabaseSettings;
+use crate::config::{parse_properties, DatabaseSettings, KafkaSettings};
+use crate::dev_broker::{DevBroker, TopicSpec};
+
+/// Set to a bootstrap address to run the Kafka-facing tests against that broker instead of
+/// an in-process mock cluster (scripts/conformance.sh does, with tansu).
+pub const EXTERNAL_BROKERS_VAR: &str = "ORDERFLOW_TEST_KAFKA_BROKERS";
+/// Extra librdkafka properties (`key=value,...`) for the services under test on the
+/// external broker; ignored on the mock.
+pub const EXTERNAL_CONFIG_VAR: &str = "ORDERFLOW_TEST_KAFKA_CONFIG";
+
+/// The broker a test runs against. Every name a test gives the broker (topics, consumer
+/// groups) goes through [`TestBroker::name`]: on the mock, which is the test's alone, names
+/// stay as in production; on a shared external broker they get a suffix unique to the test.
+pub enum TestBroker {
+    /// librdkafka's mock cluster, in process, one per test: the default, and what CI runs.
+    Mock(DevBroker),
+    /// A broker other tests share, named by `ORDERFLOW_TEST_KAFKA_BROKERS`.
+    External { bootstrap: String, suffix: String },
+}
+
+impl TestBroker {
+    /// The external broker when `ORDERFLOW_TEST_KAFKA_BROKERS` is set, else a fresh mock
+    /// cluster; `topics` (production names) are created either way.
+    pub async fn start(topics: &[TopicSpec]) -> Self {
+        match std::env::var(EXTERNAL_BROKERS_VAR) {
+            Ok(bootstrap) if !bootstrap.trim().is_empty() => {
+                let broker = Self::External { bootstrap, suffix: Uuid::now_v7().simple().to_string() };
+                let named: Vec<TopicSpec> = topics.iter().map(|(name, partitions)| (broker.name(name), *partitions)).collect();
+                create_topics(broker.bootstrap_servers(), &named).await;
+                broker
+            }
+            _ => Self::Mock(DevBroker::start("127.0.0.1:0".parse().expect("valid address"), topics).await.expect("dev broker")),
+        }
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        match self {
+            Self::Mock(broker) => broker.bootstrap_servers(),
+            Self::External { bootstrap, .. } => bootstrap.clone(),
+        }
+    }
+
+    /// The name this test uses for a topic or consumer group called `base` in production.
+    pub fn name(&self, base: &str) -> String {
+        match self {
+            Self::Mock(_) => base.to_owned(),
+            Self::External { suffix, .. } => format!("{base}-{suffix}"),
+        }
+    }
+
+    /// Settings for a service under test: this broker, the orders topic under its test name,
+    /// and on the external broker the properties of `ORDERFLOW_TEST_KAFKA_CONFIG`.
+    pub fn kafka_settings(&self) -> KafkaSettings {
+        let mut settings = KafkaSettings::new(self.bootstrap_servers());
+        settings.topic = self.name(&settings.topic);
+        if let Self::External { .. } = self {
+            let raw = std::env::var(EXTERNAL_CONFIG_VAR).unwrap_or_default();
+            settings.extra = parse_properties(&raw).unwrap_or_else(|e| panic!("{EXTERNAL_CONFIG_VAR}: {e}"));
+        }
+        settings
+    }
+}
+
+/// Creates `topics` through the Kafka admin API and waits until the metadata shows every
+/// partition, so a test never races the broker's own topic creation.
+async fn create_topics(bootstrap: String, topics: &[TopicSpec]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(30)));
+    for result in admin.create_topics(&new, &options).await.expect("CreateTopics request") {
+        if let Err((topic, code)) = result {
+            panic!("cannot create topic {topic} on {bootstrap}: {code:?}");
+        }
+    }
+    // fetch_metadata blocks; poll on a blocking thread, not a Tokio worker.
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for (name, partitions) in &topics {
+            loop {
+                match crate::kafka::topic_partitions(admin.inner(), name, std::time::Duration::from_secs(5)) {
+                    Ok(found) if found == *partitions as usize => break,
+                    other => assert!(std::time::Instant::now() < deadline, "topic {name} not ready on {bootstrap}: {other:?}"),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    })
+    .await
+    .expect("topic metadata task");
+}
 
 /// The server tests run against: `TEST_DATABASE_URL`, else `DATABASE_URL`, else local PostgreSQL.
 /// Only host, port and credentials are used; each test gets a database of its own.
@@ -85,7 +178,7 @@ mod tests {
 }
 
 /// How many messages `topic` holds: the sum of its partitions' high watermarks. Exact for
-/// the mock cluster, which never deletes within a test's volume.
+/// a topic without transactions or compaction that deletes nothing within a test's volume.
 pub async fn topic_message_count(bootstrap: &str, topic: &str) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());

@@ -35,7 +35,7 @@ async fn invalid_messages_are_skipped_and_do_not_stop_the_partition() {
     assert_eq!((totals.reserved, totals.failed), (3, 4));
     stack.assert_invariants().await;
 
-    let letters = read_topic(stack.broker.bootstrap_servers(), orderflow_common::DEAD_LETTER_TOPIC, 4).await;
+    let letters = read_topic(stack.broker.bootstrap_servers(), stack.dead_letter_topic.clone(), 4).await;
     assert_eq!(letters.len(), 4);
     let header = |headers: &[(String, String)], key: &str| headers.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let offsets: Vec<String> = letters.iter().map(|(_, _, h)| header(h, HEADER_OFFSET).unwrap()).collect();
@@ -43,7 +43,7 @@ async fn invalid_messages_are_skipped_and_do_not_stop_the_partition() {
     for (key, _, headers) in &letters {
         assert_eq!(key.as_deref(), Some(&b"SAME-CUSTOMER"[..]));
         assert_eq!(header(headers, HEADER_PARTITION).as_deref(), Some("0"));
-        assert_eq!(header(headers, HEADER_TOPIC).as_deref(), Some("orders-placed"));
+        assert_eq!(header(headers, HEADER_TOPIC).as_deref(), Some(stack.topic.as_str()));
         assert!(!header(headers, HEADER_ERROR).unwrap().is_empty());
     }
     assert_eq!(letters[0].1.as_deref(), Some(&b"\x00\xffnot json at all"[..]), "the payload is kept as it arrived");
@@ -61,7 +61,7 @@ async fn dead_letters_are_replayed_once_their_cause_is_fixed() {
     let producer = stack.kafka_producer();
     for order in &fixed {
         let (key, payload) = message(order);
-        let record = FutureRecord::to(orderflow_common::DEAD_LETTER_TOPIC).key(key.as_bytes()).payload(&payload);
+        let record = FutureRecord::to(&stack.dead_letter_topic).key(key.as_bytes()).payload(&payload);
         producer.send(record, Duration::from_secs(10)).await.unwrap();
     }
     let settings = stack.consumer_settings();

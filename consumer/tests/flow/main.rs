@@ -1,5 +1,6 @@
-//! Order flow tests against real PostgreSQL and the Kafka protocol (the dev broker):
-//! each test gets a fresh database and its own broker.
+//! Order flow tests against real PostgreSQL and the Kafka protocol: each test gets a fresh
+//! database and its own dev broker, or its own topics and groups on the broker named by
+//! ORDERFLOW_TEST_KAFKA_BROKERS (scripts/conformance.sh).
 
 mod admin;
 mod crash;

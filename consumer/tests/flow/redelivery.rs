@@ -39,7 +39,7 @@ async fn replaying_everything_from_offset_zero_changes_nothing() {
     // A new group starts from the earliest offset: every batch is delivered again.
     let replay = stack
         .start_consumer(|s| {
-            s.group.group_id = "orderflow-replay".into();
+            s.group.group_id = stack.group("orderflow-replay");
             s.batch.max_messages = 64;
         })
         .await;

@@ -11,37 +11,47 @@ use uuid::Uuid;
 
 use orderflow_common::config::KafkaSettings;
 use orderflow_common::db;
-use orderflow_common::dev_broker::DevBroker;
 use orderflow_common::order::{NewOrder, PlacedOrder};
-use orderflow_common::testing::{eventually, TestDatabase};
+use orderflow_common::testing::{eventually, TestBroker, TestDatabase};
 use orderflow_consumer::stats::Stats;
 use orderflow_consumer::{Application, Settings};
 
 pub const TOPIC: &str = "orders-placed";
 
 pub struct Stack {
-    pub broker: DevBroker,
+    pub broker: TestBroker,
     pub pool: Pool,
     pub database: TestDatabase,
+    /// The orders topic and the dead-letter topic under this test's names (see `TestBroker::name`).
+    pub topic: String,
+    pub dead_letter_topic: String,
 }
 
 impl Stack {
-    /// A dev broker with `partitions` on the orders topic and a migrated, seeded database.
+    /// A broker with `partitions` on the orders topic and a migrated, seeded database.
     pub async fn start(partitions: i32) -> Self {
         let topics = [(TOPIC.into(), partitions), (orderflow_common::DEAD_LETTER_TOPIC.into(), 1)];
-        let broker = DevBroker::start("127.0.0.1:0".parse().unwrap(), &topics).await.unwrap();
+        let broker = TestBroker::start(&topics).await;
         let database = TestDatabase::create().await;
         let pool = db::pool(&database.settings()).unwrap();
         db::migrate(&pool).await.unwrap();
-        Self { broker, pool, database }
+        let (topic, dead_letter_topic) = (broker.name(TOPIC), broker.name(orderflow_common::DEAD_LETTER_TOPIC));
+        Self { broker, pool, database, topic, dead_letter_topic }
     }
 
     pub fn kafka(&self) -> KafkaSettings {
-        KafkaSettings::new(self.broker.bootstrap_servers())
+        self.broker.kafka_settings()
+    }
+
+    /// A consumer group id for this test (`base` in production).
+    pub fn group(&self, base: &str) -> String {
+        self.broker.name(base)
     }
 
     pub fn consumer_settings(&self) -> Settings {
         let mut settings = Settings::new(self.kafka(), self.database.settings());
+        settings.group.group_id = self.group(&settings.group.group_id);
+        settings.dead_letter_topic = self.dead_letter_topic.clone();
         settings.group.session_timeout_ms = 3000;
         settings.batch.max_wait_ms = 10;
         settings
@@ -133,7 +143,7 @@ impl Stack {
     /// Publishes raw payloads as a broken or test client would, bypassing the API.
     pub async fn publish_raw(&self, producer: &FutureProducer, messages: &[(String, Vec<u8>)]) {
         let sends = messages.iter().map(|(key, payload)| {
-            producer.send(FutureRecord::to(TOPIC).key(key.as_bytes()).payload(payload), Timeout::After(Duration::from_secs(10)))
+            producer.send(FutureRecord::to(&self.topic).key(key.as_bytes()).payload(payload), Timeout::After(Duration::from_secs(10)))
         });
         for result in futures::future::join_all(sends).await {
             result.expect("broker acknowledged");
@@ -173,7 +183,7 @@ impl RunningConsumer {
 }
 
 /// Every message of a one-partition topic, from the beginning: (key, payload, headers).
-pub async fn read_topic(bootstrap: String, topic: &'static str, expected: usize) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, String)>)> {
+pub async fn read_topic(bootstrap: String, topic: String, expected: usize) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, String)>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     tokio::task::spawn_blocking(move || {
@@ -184,7 +194,7 @@ pub async fn read_topic(bootstrap: String, topic: &'static str, expected: usize)
             .create()
             .unwrap();
         let mut list = rdkafka::TopicPartitionList::new();
-        list.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+        list.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning).unwrap();
         consumer.assign(&list).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let mut found = Vec::new();

@@ -1,8 +1,6 @@
 use deadpool_postgres::Pool;
-use orderflow_common::config::KafkaSettings;
 use orderflow_common::db;
-use orderflow_common::dev_broker::DevBroker;
-use orderflow_common::testing::{topic_message_count, TestDatabase};
+use orderflow_common::testing::{topic_message_count, TestBroker, TestDatabase};
 use orderflow_producer::{Application, Settings};
 use serde_json::{json, Value};
 
@@ -10,7 +8,7 @@ pub const TOPIC: &str = "orders-placed";
 
 pub struct TestApp {
     pub address: String,
-    pub broker: DevBroker,
+    pub broker: TestBroker,
     pub pool: Pool,
     pub client: reqwest::Client,
     // Held for its Drop, declared last so the database goes after everything using it.
@@ -23,11 +21,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the producer with default settings, changed by `customize`.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
-    let broker = DevBroker::start("127.0.0.1:0".parse().unwrap(), &[(TOPIC.into(), 4)]).await.expect("dev broker");
+    let broker = TestBroker::start(&[(TOPIC.into(), 4)]).await;
     let db = TestDatabase::create().await;
     let pool = db::pool(&db.settings()).expect("pool");
     db::migrate(&pool).await.expect("migrations");
-    let mut settings = Settings::new(KafkaSettings::new(broker.bootstrap_servers()), db.settings());
+    let mut settings = Settings::new(broker.kafka_settings(), db.settings());
     customize(&mut settings);
     let app = Application::build(settings).await.expect("producer starts");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -43,7 +41,7 @@ impl TestApp {
     /// Another producer instance on the same broker and database (a restart, or a second
     /// instance behind a load balancer); returns its base address.
     pub async fn start_sibling(&self, customize: impl FnOnce(&mut Settings)) -> String {
-        let mut settings = Settings::new(KafkaSettings::new(self.broker.bootstrap_servers()), self._database.settings());
+        let mut settings = Settings::new(self.broker.kafka_settings(), self._database.settings());
         customize(&mut settings);
         let app = Application::build(settings).await.expect("producer starts");
         let address = format!("http://127.0.0.1:{}", app.port());
@@ -70,7 +68,7 @@ impl TestApp {
     }
 
     pub async fn published(&self) -> i64 {
-        topic_message_count(&self.broker.bootstrap_servers(), TOPIC).await
+        topic_message_count(&self.broker.bootstrap_servers(), &self.broker.name(TOPIC)).await
     }
 }
 

@@ -1,4 +1,5 @@
-//! API tests: the real producer on an ephemeral port, a fresh database and a dev broker per test.
+//! API tests: the real producer on an ephemeral port, a fresh database and a dev broker per
+//! test (or its own topic on the broker named by ORDERFLOW_TEST_KAFKA_BROKERS).
 
 mod helpers;
 mod admin;

@@ -103,7 +103,8 @@ async fn rate_limit_answers_429_with_retry_after() {
 }
 
 /// The broker goes away: orders get 503, never 202. It comes back (an empty dev broker on the
-/// same address): the API recovers by itself, without a restart.
+/// same address): the API recovers by itself, without a restart. Always on a mock of its
+/// own, even with ORDERFLOW_TEST_KAFKA_BROKERS set: the test stops and restarts the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_recovers_by_itself_when_the_broker_returns() {
     use orderflow_common::dev_broker::DevBroker;
@@ -111,6 +112,8 @@ async fn the_api_recovers_by_itself_when_the_broker_returns() {
     let addr = broker.addr();
     let app = spawn_app_with(|s| {
         s.kafka.brokers = addr.to_string();
+        s.kafka.topic = TOPIC.into();
+        s.kafka.extra = Default::default();
         s.publish.timeout_ms = 1500;
     })
     .await;
