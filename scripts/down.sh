@@ -32,7 +32,7 @@ stop() {
     log "$name stopped"
 }
 
-for name in producer consumer dev-broker; do
+for name in producer consumer dev-broker tansu; do
     stop "$name"
 done
 log "all stopped"

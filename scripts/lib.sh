@@ -253,3 +253,70 @@ wait_http() {
 
 # host:port -> port
 addr_port() { printf '%s\n' "${1##*:}"; }
+
+# --- tansu: the default broker of the local stack ---------------------------------------
+# tansu (crates.io) is a Kafka-protocol broker; with the libsql feature it keeps its log,
+# topics and committed offsets in one SQLite file, so a backlog is bounded by disk, not
+# memory, and survives a broker restart. Built from crates.io once (~15 min on 2 cores).
+
+TANSU_VERSION="${TANSU_VERSION:-0.6.0}"
+
+# Sets TANSU to a tansu binary of TANSU_VERSION built with SQLite storage, building it when
+# missing. TANSU_BIN points at another build.
+ensure_tansu() {
+    TANSU="${TANSU_BIN:-$HOME/.cargo/bin/tansu}"
+    if [ -x "$TANSU" ] && _tansu_has_sqlite; then
+        return 0
+    fi
+    [ -n "${TANSU_BIN:-}" ] && die "TANSU_BIN=$TANSU_BIN is not a tansu $TANSU_VERSION build with the libsql feature"
+    ensure_rust_tools
+    log "building tansu $TANSU_VERSION with SQLite storage (first time only: about 15 min on 2 cores)"
+    cargo install --locked "tansu@$TANSU_VERSION" --features libsql
+    _tansu_has_sqlite || die "tansu was built but does not report version $TANSU_VERSION with libsql"
+}
+
+# cargo records what it installed, features included; a build without libsql cannot open
+# sqlite:// storage and would only fail at start.
+_tansu_has_sqlite() {
+    local record="$HOME/.cargo/.crates2.json"
+    [ "$TANSU" != "$HOME/.cargo/bin/tansu" ] && return 0
+    [ -f "$record" ] || return 1
+    python3 - "$record" "$TANSU_VERSION" <<'PY'
+import json, sys
+installs = json.load(open(sys.argv[1]))["installs"]
+ok = any(key.startswith(f"tansu {sys.argv[2]} ") and "libsql" in info.get("features", [])
+         for key, info in installs.items())
+sys.exit(0 if ok else 1)
+PY
+}
+
+# tansu_command ADDR: the command line of a tansu broker on ADDR (host:port), one word a
+# line. It keeps its data in tansu.db in its working directory (SQLite paths are relative).
+tansu_command() {
+    local addr="$1"
+    printf '%s\n' "$TANSU" broker --cluster-id orderflow \
+        --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
+        --storage-engine "sqlite://tansu.db"
+}
+
+# tansu_wait ADDR TIMEOUT_S: until the broker answers a metadata request.
+tansu_wait() {
+    local addr="$1" timeout="$2" deadline
+    deadline=$((SECONDS + timeout))
+    while ((SECONDS < deadline)); do
+        "$TANSU" topic list --broker "tcp://$addr" >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    return 1
+}
+
+# tansu_ensure_topic ADDR NAME PARTITIONS: creates the topic unless it exists. No
+# cleanup.policy is set: tansu's SQLite storage then never deletes records (no retention).
+tansu_ensure_topic() {
+    local addr="$1" name="$2" partitions="$3"
+    if "$TANSU" topic list --broker "tcp://$addr" 2>/dev/null | grep -qw -- "$name"; then
+        return 0
+    fi
+    log "creating topic $name ($partitions partitions) on tansu"
+    "$TANSU" topic create "$name" --partitions "$partitions" --broker "tcp://$addr" >/dev/null
+}

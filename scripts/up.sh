@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Builds and starts the local stack: PostgreSQL, dev broker (unless KAFKA_BROKERS is set),
+# Builds and starts the local stack: PostgreSQL, a broker (unless KAFKA_BROKERS is set),
 # consumer and producer. Safe to run again: only what is not running gets started.
+#
+# BROKER picks the local broker:
+#   tansu (default)  tansu with SQLite storage in .run/tansu: keeps every message on disk
+#                    until consumed, across broker restarts (built once, ~15 min).
+#   mock             librdkafka's in-memory mock cluster: faster, but keeps only ~5 MiB per
+#                    partition and nothing across a restart. What it drops unconsumed, the
+#                    consumer reports as a gap and stops on (see README, Reliability).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -25,15 +32,22 @@ export DATABASE_URL
 log "running migrations"
 "$BIN/consumer" migrate
 
-# start NAME [ARGS...]: background NAME with its output in .run/logs, unless it already runs.
-# Returns 0 when it started it, 1 when it was already running.
+# start NAME [ARGS...]: background the built binary NAME with its output in .run/logs,
+# unless it already runs. Returns 0 when it started it, 1 when it was already running.
 start() {
     local name="$1"
     shift
+    start_command "$name" "$BIN/$name" "$@"
+}
+
+# start_command NAME CMD [ARGS...]: the same for any command whose command line names NAME.
+start_command() {
+    local name="$1" cmd="$2"
+    shift 2
     if is_running "$name"; then
         log "$name already running (pid $(cat "$(pid_file "$name")"))"
         # A running process keeps its old binary; say so rather than silently serving stale code.
-        if [ "$BIN/$name" -nt "$(pid_file "$name")" ]; then
+        if [ "$cmd" -nt "$(pid_file "$name")" ]; then
             warn "$name was rebuilt after it started; run scripts/down.sh && scripts/up.sh to use the new build"
         fi
         return 1
@@ -43,7 +57,7 @@ start() {
     # Keep the previous run's log: it is often the one that explains a crash.
     [ -f "$logf" ] && mv -f "$logf" "$logf.prev"
     log "starting $name (log: $logf)"
-    nohup "$BIN/$name" "$@" </dev/null >"$logf" 2>&1 &
+    nohup "$cmd" "$@" </dev/null >"$logf" 2>&1 &
     echo $! >"$(pid_file "$name")"
     return 0
 }
@@ -55,10 +69,35 @@ show_log_tail() {
     echo "-----" >&2
 }
 
+BROKER="${BROKER:-tansu}"
 broker_note=""
+consumer_kafka_config=""
 if [ -n "${KAFKA_BROKERS:-}" ]; then
-    log "using external Kafka at $KAFKA_BROKERS (dev broker not started)"
-else
+    log "using external Kafka at $KAFKA_BROKERS (no local broker started)"
+    BROKER=external
+elif [ "$BROKER" = "tansu" ]; then
+    is_running dev-broker && die "the mock dev broker is running; stop the stack first (scripts/down.sh) to switch to BROKER=tansu"
+    ensure_tansu
+    TANSU_ADDR="${TANSU_ADDR:-127.0.0.1:9092}"
+    TANSU_DIR="${TANSU_DIR:-$RUN_DIR/tansu}"
+    mkdir -p "$TANSU_DIR"
+    # SQLite storage paths are relative to the broker's working directory.
+    mapfile -t tansu_cmd < <(tansu_command "$TANSU_ADDR")
+    (cd "$TANSU_DIR" && start_command tansu "${tansu_cmd[@]}") || true
+    tansu_wait "$TANSU_ADDR" 60 || {
+        show_log_tail tansu
+        die "tansu did not answer on $TANSU_ADDR within 60s"
+    }
+    tansu_ensure_topic "$TANSU_ADDR" "${KAFKA_TOPIC:-orders-placed}" "${KAFKA_TOPIC_PARTITIONS:-12}"
+    tansu_ensure_topic "$TANSU_ADDR" "${DEAD_LETTER_TOPIC:-orders-dlq}" 1
+    KAFKA_BROKERS="$TANSU_ADDR"
+    # tansu answers a fetch only once it has read the whole response from SQLite. With
+    # librdkafka's 50 MiB fetches a big backlog kept heartbeats waiting behind them until the
+    # group fell apart; smaller fetches and a longer session drained a 3M backlog cleanly.
+    consumer_kafka_config="fetch.max.bytes=4194304,max.partition.fetch.bytes=524288"
+    export KAFKA_SESSION_TIMEOUT_MS="${KAFKA_SESSION_TIMEOUT_MS:-45000}"
+elif [ "$BROKER" = "mock" ]; then
+    is_running tansu && die "tansu is running; stop the stack first (scripts/down.sh) to switch to BROKER=mock"
     DEV_BROKER_ADDR="${DEV_BROKER_ADDR:-127.0.0.1:9092}"
     export DEV_BROKER_ADDR
     if start dev-broker; then
@@ -79,10 +118,13 @@ else
     fi
     # Connect via loopback even when the broker listens on all interfaces.
     KAFKA_BROKERS="${DEV_BROKER_ADDR/0.0.0.0/127.0.0.1}"
+else
+    die "BROKER must be tansu or mock (got: $BROKER)"
 fi
 export KAFKA_BROKERS
 
-start consumer || true
+# The user's own KAFKA_CONFIG comes last, so it overrides the broker-specific defaults.
+KAFKA_CONFIG="${consumer_kafka_config}${consumer_kafka_config:+${KAFKA_CONFIG:+,}}${KAFKA_CONFIG:-}" start consumer || true
 start producer || true
 
 check_ready() {
@@ -101,9 +143,9 @@ cat <<EOF
 orderflow is up.
   Producer API:   http://127.0.0.1:$PRODUCER_PORT   (/health, /ready, /order, /orders/batch, /orders/{id}, /inventory/{id})
   Consumer admin: http://127.0.0.1:$CONSUMER_PORT   (/health, /ready, /status)
-  Kafka brokers:  $KAFKA_BROKERS
+  Kafka brokers:  $KAFKA_BROKERS ($BROKER)
   Database:       $DATABASE_URL
-  Logs:           $LOG_DIR/{dev-broker,consumer,producer}.log
+  Logs:           $LOG_DIR/{tansu,dev-broker,consumer,producer}.log
   Stop with:      scripts/down.sh
 
 Try:

@@ -80,6 +80,13 @@ struct Args {
     ceiling_workers: usize,
     #[arg(long)]
     skip_references: bool,
+    /// Backlog mode: the consumer admin URL (e.g. http://127.0.0.1:8081) to pause before each
+    /// workload's load and resume after it, so every accepted order waits in the broker first.
+    #[arg(long)]
+    pause_consumer: Option<String>,
+    /// Bearer token for --pause-consumer.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Longest wait for the consumer to finalize a run's orders.
     #[arg(long, default_value_t = 600)]
     timeout_seconds: u64,
@@ -172,7 +179,15 @@ async fn run_workload(args: &Args, pool: &Pool, load: &LoadSettings, workload: W
     let producer_rss = rss::PeakRss::start(rss::pid_from_file(&args.producer_pid_file));
     let consumer_rss = rss::PeakRss::start(rss::pid_from_file(&args.consumer_pid_file));
     let floor = Uuid::now_v7();
+    if let Some(admin) = &args.pause_consumer {
+        consumer_control(admin, args.admin_token.as_deref(), "pause").await?;
+    }
     let result = load::run(load, load::bodies(&orders, args.batch_size), &name).await;
+    if let Some(admin) = &args.pause_consumer {
+        let in_database = measure::count_since(pool, floor).await?;
+        eprintln!("{name}: {} accepted while the consumer was paused ({in_database} in the database); resuming", result.accepted.len());
+        consumer_control(admin, args.admin_token.as_deref(), "resume").await?;
+    }
     let expected = result.accepted.len() as i64;
     let finalized = measure::wait_finalized(pool, floor, expected, Duration::from_secs(args.timeout_seconds)).await?;
     if finalized < expected {
@@ -195,6 +210,15 @@ async fn run_workload(args: &Args, pool: &Pool, load: &LoadSettings, workload: W
         producer_peak_rss_mib: producer_peak,
         consumer_peak_rss_mib: consumer_peak,
     })
+}
+
+/// POST {admin}/pause or /resume on the consumer's admin server.
+async fn consumer_control(admin: &str, token: Option<&str>, action: &str) -> anyhow::Result<()> {
+    let url = format!("{}/{action}", admin.trim_end_matches('/'));
+    let token = token.context("--pause-consumer needs ADMIN_TOKEN (or --admin-token)")?;
+    let response = reqwest::Client::new().post(&url).bearer_auth(token).send().await.with_context(|| format!("POST {url}"))?;
+    anyhow::ensure!(response.status().is_success(), "POST {url}: {} {}", response.status(), response.text().await.unwrap_or_default());
+    Ok(())
 }
 
 /// A scratch database on the same server, migrated, with the workload's stock.

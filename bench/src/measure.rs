@@ -61,6 +61,12 @@ pub async fn refresh_planner_statistics(pool: &Pool) -> anyhow::Result<()> {
 }
 
 /// Waits until `expected` orders of the run are in the database, or `timeout`.
+/// Orders in the database placed after `floor`.
+pub async fn count_since(pool: &Pool, floor: Uuid) -> anyhow::Result<i64> {
+    let row = pool.get().await?.query_one("SELECT count(*) FROM orders WHERE order_id >= $1", &[&floor]).await?;
+    Ok(row.get(0))
+}
+
 pub async fn wait_finalized(pool: &Pool, floor: Uuid, expected: i64, timeout: Duration) -> anyhow::Result<i64> {
     let started = Instant::now();
     let mut count = 0;
