@@ -17,7 +17,8 @@ Steps: the Kafka-facing tests (cargo nextest, ORDERFLOW_TEST_KAFKA_BROKERS set t
 then scripts/race-test.sh against the consumer and producer binaries on tansu.
 
 Environment:
-  TANSU_BIN                 a tansu build to use (default: ~/.cargo/bin/tansu, built when missing)
+  TANSU_BIN                 a tansu build with libsql to use (default: ~/.cargo/bin/tansu,
+                            built when missing)
   CONFORMANCE_KAFKA_CONFIG  extra librdkafka properties (key=value,...) for the services
                             under test (default: none)
   NEXTEST_TIMEOUT_S         bound on the test step in seconds (default 2400); the race
@@ -104,37 +105,19 @@ export TEST_DATABASE_URL DATABASE_URL
 parse_db_url "$DATABASE_URL"
 
 # --- tansu -----------------------------------------------------------------------------
-if declare -F ensure_tansu >/dev/null; then
-    ensure_tansu # lib.sh: sets TANSU, builds it when missing
-else
-    TANSU="${TANSU_BIN:-$HOME/.cargo/bin/tansu}"
-    if [ ! -x "$TANSU" ]; then
-        [ -n "${TANSU_BIN:-}" ] && die "TANSU_BIN=$TANSU_BIN is not executable"
-        log "building tansu 0.6.0 with SQLite storage (first time only: about 15 min on 2 cores)"
-        cargo install --locked tansu@0.6.0 --features libsql
-    fi
-fi
+ensure_tansu # lib.sh: sets TANSU; builds it (~15 min) when missing
 log "tansu: $("$TANSU" --version 2>/dev/null || echo "$TANSU")"
 
 PORT="$(free_port)"
 ADDR="127.0.0.1:$PORT"
 mkdir -p "$WORK/tansu"
+mapfile -t tansu_cmd < <(tansu_command "$ADDR")
 # SQLite paths are relative to the working directory: the file lands in $WORK/tansu.
-# env -u: tansu reads its settings from these variables too; the flags alone decide here.
+# env -u: tansu also reads its settings from these variables; the flags alone decide here.
 spawn tansu "$WORK/tansu.log" env -u CLUSTER_ID -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u STORAGE_ENGINE \
-    -C "$WORK/tansu" "$TANSU" broker --cluster-id orderflow-conformance \
-    --listener-url "tcp://$ADDR" --advertised-listener-url "tcp://$ADDR" --storage-engine "sqlite://tansu.db"
+    -C "$WORK/tansu" "${tansu_cmd[@]}"
 TANSU_PID="${STARTED_PIDS[-1]%%:*}"
-ready=""
-for _ in $(seq 1 30); do
-    if "$TANSU" topic list --broker "tcp://$ADDR" >/dev/null 2>&1; then
-        ready=1
-        break
-    fi
-    kill -0 "$TANSU_PID" 2>/dev/null || break
-    sleep 1
-done
-[ -n "$ready" ] || {
+tansu_wait "$ADDR" 30 || {
     tail -n 40 "$WORK/tansu.log" >&2
     die "tansu did not answer on $ADDR within 30 s"
 }
@@ -173,8 +156,8 @@ race() {
     psql -w -X -q -v ON_ERROR_STOP=1 -d "$PG_ADMIN_URL" -c "CREATE DATABASE $RACE_DB" >/dev/null || return 1
     local race_url
     race_url="$(printf '%s' "$DATABASE_URL" | sed -E "s#(://[^/]*)/[^?]*#\1/$RACE_DB#")"
-    "$TANSU" topic create "orders-placed-$suffix" --partitions 16 --broker "tcp://$ADDR" >/dev/null || return 1
-    "$TANSU" topic create "orders-dlq-$suffix" --partitions 1 --broker "tcp://$ADDR" >/dev/null || return 1
+    tansu_ensure_topic "$ADDR" "orders-placed-$suffix" 16 || return 1
+    tansu_ensure_topic "$ADDR" "orders-dlq-$suffix" 1 || return 1
     consumer_port="$(free_port)"
     producer_port="$(free_port)"
     kafka=(env DATABASE_URL="$race_url" KAFKA_BROKERS="$ADDR" KAFKA_TOPIC="orders-placed-$suffix"
