@@ -2,8 +2,8 @@
 # Conformance run: the Kafka-facing tests, the crash test and the race test against a second,
 # independent Kafka-protocol implementation (tansu, SQLite storage) instead of librdkafka's
 # mock cluster. Everything runs on 127.0.0.1; every process started here is stopped by pid.
-# Not part of CI: tansu takes ~15 min to build the first time. Extra arguments go to
-# `cargo nextest run`.
+# Not part of CI: tansu takes ~15 min to build the first time. CONFORMANCE_BROKER=mock runs
+# the same steps on the mock, for comparison. Extra arguments go to `cargo nextest run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -17,6 +17,8 @@ Steps: the Kafka-facing tests (cargo nextest, ORDERFLOW_TEST_KAFKA_BROKERS set t
 then scripts/race-test.sh against the consumer and producer binaries on tansu.
 
 Environment:
+  CONFORMANCE_BROKER        tansu (default), or mock: the same steps on librdkafka's mock
+                            cluster (in-process per test; the dev-broker binary for the race)
   TANSU_BIN                 a tansu build with libsql to use (default: ~/.cargo/bin/tansu,
                             built when missing)
   CONFORMANCE_KAFKA_CONFIG  extra librdkafka properties (key=value,...) for the services
@@ -26,7 +28,8 @@ Environment:
   CONFORMANCE_FILTER        a nextest filter expression that narrows the test selection
   RACE_ORDERS, RACE_STOCK   race-test.sh size (default 2000 orders for 300 units);
                             RACE_ORDERS=0 skips that step
-  KEEP_WORK=1               keep the temp dir (tansu's SQLite file and logs)
+  KEEP_WORK=1               keep the temp dir (tansu's SQLite file and logs; kept anyway
+                            when a step fails)
 EOF
 }
 
@@ -37,7 +40,9 @@ KAFKA_CONFIG_FOR_TESTS="${CONFORMANCE_KAFKA_CONFIG:-}"
 NEXTEST_TIMEOUT_S="${NEXTEST_TIMEOUT_S:-2400}"
 RACE_ORDERS="${RACE_ORDERS:-2000}"
 RACE_STOCK="${RACE_STOCK:-300}"
+BROKER="${CONFORMANCE_BROKER:-tansu}"
 case "${1:-}" in -h | --help) usage; exit 0 ;; esac
+case "$BROKER" in tansu | mock) ;; *) die "CONFORMANCE_BROKER must be tansu or mock (got: $BROKER)" ;; esac
 
 # The Kafka-facing tests: every consumer flow test but the PostgreSQL-only plans test, and the
 # producer API tests that publish. The broker-restart test always runs on a mock of its own
@@ -66,7 +71,7 @@ stop() {
 }
 
 cleanup() {
-    local status=$? entry
+    local status=$? entry i
     # Newest first: the services before the broker they talk to.
     for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
         entry="${STARTED_PIDS[$i]}"
@@ -76,7 +81,7 @@ cleanup() {
         psql -w -X -q -d "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $RACE_DB WITH (FORCE)" >/dev/null 2>&1 || true
     fi
     if [ "${KEEP_WORK:-0}" = 1 ] || [ "$status" -ne 0 ]; then
-        log "kept $WORK (tansu.db and logs)"
+        log "kept $WORK (logs, and tansu.db on tansu)"
     else
         rm -rf "$WORK"
     fi
@@ -104,24 +109,30 @@ TEST_DATABASE_URL="$DATABASE_URL"
 export TEST_DATABASE_URL DATABASE_URL
 parse_db_url "$DATABASE_URL"
 
-# --- tansu -----------------------------------------------------------------------------
-ensure_tansu # lib.sh: sets TANSU; builds it (~15 min) when missing
-log "tansu: $("$TANSU" --version 2>/dev/null || echo "$TANSU")"
-
-PORT="$(free_port)"
-ADDR="127.0.0.1:$PORT"
-mkdir -p "$WORK/tansu"
-mapfile -t tansu_cmd < <(tansu_command "$ADDR")
-# SQLite paths are relative to the working directory: the file lands in $WORK/tansu.
-# env -u: tansu also reads its settings from these variables; the flags alone decide here.
-spawn tansu "$WORK/tansu.log" env -u CLUSTER_ID -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u STORAGE_ENGINE \
-    -C "$WORK/tansu" "${tansu_cmd[@]}"
-TANSU_PID="${STARTED_PIDS[-1]%%:*}"
-tansu_wait "$ADDR" 30 || {
-    tail -n 40 "$WORK/tansu.log" >&2
-    die "tansu did not answer on $ADDR within 30 s"
-}
-log "tansu listening on $ADDR (data in $WORK/tansu/tansu.db)"
+# --- the broker --------------------------------------------------------------------------
+if [ "$BROKER" = tansu ]; then
+    ensure_tansu # lib.sh: sets TANSU; builds it (~15 min) when missing
+    BROKER_NAME="$("$TANSU" --version 2>/dev/null || echo "$TANSU")"
+    ADDR="127.0.0.1:$(free_port)"
+    mkdir -p "$WORK/tansu"
+    mapfile -t tansu_cmd < <(tansu_command "$ADDR")
+    # SQLite paths are relative to the working directory: the file lands in $WORK/tansu.
+    # env -u: tansu also reads its settings from these variables; the flags alone decide here.
+    spawn tansu "$WORK/tansu.log" env -u CLUSTER_ID -u LISTENER_URL -u ADVERTISED_LISTENER_URL -u STORAGE_ENGINE \
+        -C "$WORK/tansu" "${tansu_cmd[@]}"
+    BROKER_PID="${STARTED_PIDS[-1]%%:*}"
+    tansu_wait "$ADDR" 30 || {
+        tail -n 40 "$WORK/tansu.log" >&2
+        die "tansu did not answer on $ADDR within 30 s"
+    }
+    log "$BROKER_NAME listening on $ADDR (data in $WORK/tansu/tansu.db)"
+    # The tests share this broker, each with topics and groups of its own.
+    test_env=(env ORDERFLOW_TEST_KAFKA_BROKERS="$ADDR" ORDERFLOW_TEST_KAFKA_CONFIG="$KAFKA_CONFIG_FOR_TESTS")
+else
+    BROKER_NAME="librdkafka mock cluster"
+    BROKER_PID="" # each test starts its own; the race step starts the dev-broker binary
+    test_env=(env -u ORDERFLOW_TEST_KAFKA_BROKERS)
+fi
 
 declare -A RESULT TOOK
 STEPS=()
@@ -134,52 +145,76 @@ record() { # record STEP STATUS SECONDS
 # --- step 1: the Kafka-facing tests ----------------------------------------------------
 log "building the test binaries"
 cargo build --tests --bins -p orderflow-consumer -p orderflow-producer
-log "cargo nextest run against tansu at $ADDR"
+[ "$BROKER" = mock ] && cargo build --bin dev-broker -p orderflow-common
+log "cargo nextest run on $BROKER_NAME"
 started=$SECONDS
 # Each test is bounded by .config/nextest.toml (killed after 5 min); the step as a whole too.
-if ORDERFLOW_TEST_KAFKA_BROKERS="$ADDR" ORDERFLOW_TEST_KAFKA_CONFIG="$KAFKA_CONFIG_FOR_TESTS" \
-    timeout --kill-after=30 "$NEXTEST_TIMEOUT_S" cargo nextest run -p orderflow-consumer -p orderflow-producer --no-fail-fast -E "$FILTER" "$@" \
+if "${test_env[@]}" timeout --kill-after=30 "$NEXTEST_TIMEOUT_S" \
+    cargo nextest run -p orderflow-consumer -p orderflow-producer --no-fail-fast -E "$FILTER" "$@" \
     2>&1 | tee "$WORK/nextest.log"; then
-    record "nextest (flow + api, external broker)" PASS $((SECONDS - started))
+    record "nextest (flow + api tests)" PASS $((SECONDS - started))
 else
-    record "nextest (flow + api, external broker)" FAIL $((SECONDS - started))
+    record "nextest (flow + api tests)" FAIL $((SECONDS - started))
 fi
 nextest_summary="$(grep -E '^ +Summary' "$WORK/nextest.log" | tail -n1 || true)"
 
-# --- step 2: scripts/race-test.sh against consumer + producer on tansu -----------------
+# --- step 2: scripts/race-test.sh against the consumer and producer binaries -----------
 # The services are the debug binaries just built (no release build here), on free ports,
 # with topics and a database of this run's own.
+race_fail() {
+    warn "$1"
+    local f
+    for f in "$WORK"/{dev-broker,consumer,producer}.log; do
+        [ -f "$f" ] && { echo "----- last 20 lines of $f"; tail -n 20 "$f"; }
+    done
+    return 1
+}
 race() {
-    local suffix consumer_port producer_port kafka
+    local suffix consumer_port producer_port race_url dead_letters kafka
     suffix="conformance-$$"
     RACE_DB="orderflow_conformance_$$"
     psql -w -X -q -v ON_ERROR_STOP=1 -d "$PG_ADMIN_URL" -c "CREATE DATABASE $RACE_DB" >/dev/null || return 1
-    local race_url
     race_url="$(printf '%s' "$DATABASE_URL" | sed -E "s#(://[^/]*)/[^?]*#\1/$RACE_DB#")"
-    tansu_ensure_topic "$ADDR" "orders-placed-$suffix" 16 || return 1
-    tansu_ensure_topic "$ADDR" "orders-dlq-$suffix" 1 || return 1
+    if [ "$BROKER" = tansu ]; then
+        dead_letters="orders-dlq-$suffix"
+        tansu_ensure_topic "$ADDR" "orders-placed-$suffix" 16 || return 1
+        tansu_ensure_topic "$ADDR" "$dead_letters" 1 || return 1
+    else
+        dead_letters="orders-dlq" # the dev broker's; it is this run's alone
+        ADDR="127.0.0.1:$(free_port)"
+        spawn dev-broker "$WORK/dev-broker.log" env DEV_BROKER_ADDR="$ADDR" KAFKA_TOPIC="orders-placed-$suffix" \
+            KAFKA_TOPIC_PARTITIONS=16 target/debug/dev-broker
+        local i
+        for ((i = 0; i < 30; i++)); do
+            grep -q 'dev broker ready on' "$WORK/dev-broker.log" 2>/dev/null && break
+            sleep 1
+        done
+        ((i < 30)) || race_fail "the dev broker did not report ready within 30 s" || return 1
+    fi
     consumer_port="$(free_port)"
     producer_port="$(free_port)"
     kafka=(env DATABASE_URL="$race_url" KAFKA_BROKERS="$ADDR" KAFKA_TOPIC="orders-placed-$suffix"
         KAFKA_CONFIG="$KAFKA_CONFIG_FOR_TESTS" RUST_LOG=info)
-    "${kafka[@]}" target/debug/consumer migrate >"$WORK/migrate.log" 2>&1 || return 1
+    "${kafka[@]}" target/debug/consumer migrate >"$WORK/migrate.log" 2>&1 || race_fail "consumer migrate failed" || return 1
     spawn consumer "$WORK/consumer.log" "${kafka[@]}" CONSUMER_ADMIN_ADDR="127.0.0.1:$consumer_port" \
-        KAFKA_GROUP_ID="orderflow-consumer-$suffix" DEAD_LETTER_TOPIC="orders-dlq-$suffix" target/debug/consumer
+        KAFKA_GROUP_ID="orderflow-consumer-$suffix" DEAD_LETTER_TOPIC="$dead_letters" target/debug/consumer
     spawn producer "$WORK/producer.log" "${kafka[@]}" PRODUCER_ADDR="127.0.0.1:$producer_port" \
         RATE_LIMIT_PER_IP=0 RATE_LIMIT_GLOBAL=0 target/debug/producer
-    wait_http "http://127.0.0.1:$consumer_port/ready" 60 || return 1
-    wait_http "http://127.0.0.1:$producer_port/ready" 60 || return 1
+    wait_http "http://127.0.0.1:$consumer_port/ready" 60 || race_fail "the consumer did not become ready" || return 1
+    wait_http "http://127.0.0.1:$producer_port/ready" 60 || race_fail "the producer did not become ready" || return 1
     PRODUCER_URL="http://127.0.0.1:$producer_port" DATABASE_URL="$race_url" \
         scripts/race-test.sh --orders "$RACE_ORDERS" --stock "$RACE_STOCK" --concurrency 100
 }
 stop_services() {
-    local entry
-    for entry in "${STARTED_PIDS[@]}"; do
-        case "${entry#*:}" in consumer | producer) stop "${entry%%:*}" "${entry#*:}" ;; esac
+    local entry i
+    # Newest first: the services before the dev broker they talk to.
+    for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
+        entry="${STARTED_PIDS[$i]}"
+        case "${entry#*:}" in consumer | producer | dev-broker) stop "${entry%%:*}" "${entry#*:}" ;; esac
     done
 }
 if ((RACE_ORDERS > 0)); then
-    log "scripts/race-test.sh against tansu ($RACE_ORDERS orders for $RACE_STOCK units)"
+    log "scripts/race-test.sh on $BROKER_NAME ($RACE_ORDERS orders for $RACE_STOCK units)"
     started=$SECONDS
     # Not a pipeline: race must run in this shell, so that cleanup knows the pids it starts.
     if race > >(tee "$WORK/race.log") 2>&1; then
@@ -191,11 +226,11 @@ if ((RACE_ORDERS > 0)); then
 fi
 
 # --- summary ---------------------------------------------------------------------------
-if ! kill -0 "$TANSU_PID" 2>/dev/null; then
-    record "tansu still running at the end" FAIL 0
+if [ -n "$BROKER_PID" ] && ! kill -0 "$BROKER_PID" 2>/dev/null; then
+    record "$BROKER_NAME still running at the end" FAIL 0
 fi
 echo
-echo "Conformance summary (tansu on $ADDR, $("$TANSU" --version 2>/dev/null || echo tansu))"
+echo "Conformance summary ($BROKER_NAME)"
 failed=0
 for step in "${STEPS[@]}"; do
     printf '  %-4s  %-50s %5ss\n' "${RESULT[$step]}" "$step" "${TOOK[$step]}"
