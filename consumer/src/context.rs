@@ -9,12 +9,14 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::control::{Control, PartitionStatus};
+use crate::gaps::Gaps;
 use crate::offsets::ProcessedOffsets;
 
 pub struct OrderflowContext {
     pub topic: String,
     pub offsets: Arc<ProcessedOffsets>,
     pub control: Arc<Control>,
+    pub gaps: Arc<Gaps>,
 }
 
 impl ClientContext for OrderflowContext {
@@ -69,6 +71,7 @@ impl ConsumerContext for OrderflowContext {
                     }
                 }
                 self.offsets.forget(&revoked);
+                self.gaps.forget(&revoked);
             }
             Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
         }
