@@ -61,6 +61,26 @@ async fn watermarks(stack: &Stack, partition: i32) -> (i64, i64) {
     .unwrap()
 }
 
+/// The offset the consumers' group has committed on a partition, if any.
+async fn committed(stack: &Stack, partition: i32) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let bootstrap = stack.broker.bootstrap_servers();
+    let group = stack.consumer_settings().group.group_id;
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition(TOPIC, partition);
+        let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+        committed.find_partition(TOPIC, partition).and_then(|element| element.offset().to_raw()).filter(|offset| *offset >= 0)
+    })
+    .await
+    .unwrap()
+}
+
 struct Admin {
     base: String,
     http: reqwest::Client,
@@ -205,7 +225,11 @@ async fn a_new_group_reports_a_log_that_no_longer_starts_at_zero_and_other_parti
 
     // Acknowledged while the consumer is paused: the partition stays paused until /resume.
     assert_eq!(admin.post("/pause", Some(TOKEN)).await.0, 200);
+    assert_eq!(committed(&stack, 0).await, None);
     assert_eq!(admin.post("/gaps/0/acknowledge", Some(TOKEN)).await.0, 200);
+    // Committed by the acknowledgement itself (nothing of partition 0 has been processed),
+    // so no other member of the group finds the gap again.
+    assert_eq!(committed(&stack, 0).await, Some(log_start));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(stack.order_count().await, 10, "a paused consumer stays paused after an acknowledgement");
     assert_eq!(admin.get("/ready").await.0, 200);
