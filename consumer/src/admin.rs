@@ -14,7 +14,7 @@ use orderflow_common::admin_auth::{AdminAuthError, AdminToken};
 use orderflow_common::{db, kafka};
 
 use crate::control::Control;
-use crate::gaps::{GapError, Gaps};
+use crate::gaps::{error_chain, GapError, Gaps};
 use crate::offsets::ProcessedOffsets;
 use crate::pipeline::OrderConsumer;
 use crate::stats::Stats;
@@ -116,24 +116,25 @@ async fn resume(request: HttpRequest, state: web::Data<AdminState>) -> HttpRespo
     set_paused(&request, &state, false)
 }
 
-/// The bearer-token check of every POST route: 403 when no token is configured, 401 when
-/// the request's is missing or wrong.
-fn authorize(request: &HttpRequest, state: &AdminState) -> Result<(), HttpResponse> {
+/// The bearer-token check of every POST route: `None` when the request may go on, else the
+/// answer, 403 when no token is configured and 401 when the request's is missing or wrong.
+fn refusal(request: &HttpRequest, state: &AdminState) -> Option<HttpResponse> {
     let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    state.token.check(authorization).map_err(|error| {
-        let status = match error {
-            AdminAuthError::Disabled => StatusCode::FORBIDDEN,
-            AdminAuthError::Unauthorized => StatusCode::UNAUTHORIZED,
-        };
+    let error = state.token.check(authorization).err()?;
+    let status = match error {
+        AdminAuthError::Disabled => StatusCode::FORBIDDEN,
+        AdminAuthError::Unauthorized => StatusCode::UNAUTHORIZED,
+    };
+    Some(
         HttpResponse::build(status)
             .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
-            .json(json!({"error": error.to_string()}))
-    })
+            .json(json!({"error": error.to_string()})),
+    )
 }
 
 fn set_paused(request: &HttpRequest, state: &AdminState, paused: bool) -> HttpResponse {
-    if let Err(response) = authorize(request, state) {
-        return response;
+    if let Some(refusal) = refusal(request, state) {
+        return refusal;
     }
     state.control.set_paused(paused);
     let result = state.consumer.assignment().and_then(|assigned| {
@@ -160,16 +161,17 @@ fn set_paused(request: &HttpRequest, state: &AdminState, paused: bool) -> HttpRe
 /// The log start is committed and the partition reads on from there (paused if the consumer
 /// is paused).
 async fn acknowledge_gap(request: HttpRequest, partition: web::Path<i32>, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(response) = authorize(&request, &state) {
-        return response;
+    if let Some(refusal) = refusal(&request, &state) {
+        return refusal;
     }
     let partition = partition.into_inner();
     match state.gaps.acknowledge(partition, &state.consumer, &state.offsets, &state.control).await {
         Ok(acknowledged) => HttpResponse::Ok().json(acknowledged),
         Err(error @ GapError::NotFound(_)) => HttpResponse::NotFound().json(json!({"error": error.to_string()})),
         Err(error) => {
-            tracing::error!(partition, error = %error, "acknowledging a gap failed");
-            HttpResponse::InternalServerError().json(json!({"error": error.to_string()}))
+            let error = error_chain(&error);
+            tracing::error!(partition, %error, "acknowledging a gap failed");
+            HttpResponse::InternalServerError().json(json!({"error": error}))
         }
     }
 }

@@ -65,9 +65,9 @@ pub struct Acknowledged {
 pub enum GapError {
     #[error("no open gap on partition {0}")]
     NotFound(i32),
-    #[error("gap check task failed: {0}")]
+    #[error("gap check task failed")]
     Task(#[from] tokio::task::JoinError),
-    #[error("kafka: {context}: {source}")]
+    #[error("kafka: {context}")]
     Kafka { context: &'static str, source: KafkaError },
 }
 
@@ -346,8 +346,8 @@ fn gauge(partition: i32, missing: i64) {
     metrics::gauge!("consumer_offset_gap_messages", "partition" => partition.to_string()).set(missing as f64);
 }
 
-/// The error with its causes: a Kafka error's own text omits its context here.
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// The error with all its causes, for logs and error responses.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -387,6 +387,17 @@ mod tests {
         gaps.forget(&[3, 4]);
         assert!(!gaps.is_open(3));
         assert!(gaps.lock().started.is_empty());
+    }
+
+    #[test]
+    fn errors_are_logged_with_their_cause() {
+        let error = GapError::Kafka {
+            context: "reading watermarks",
+            source: KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut),
+        };
+        let text = error_chain(&error);
+        assert!(text.starts_with("kafka: reading watermarks: "), "{text}");
+        assert!(text.contains("Timed out"), "{text}");
     }
 
     #[test]

@@ -238,3 +238,35 @@ async fn a_new_group_reports_a_log_that_no_longer_starts_at_zero_and_other_parti
     stack.assert_invariants().await;
     consumer.stop().await;
 }
+
+/// A running member that falls behind retention (here: paused while the broker drops what
+/// it has not read) stops at the gap when it reads on, instead of jumping over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_consumer_that_falls_behind_retention_stops_at_the_gap() {
+    let stack = Stack::start(1).await;
+    stack.set_stock("PROD001", 1_000_000).await;
+    let producer = stack.kafka_producer();
+    let consumer = stack.start_consumer(|s| s.admin_token = Some(TOKEN.into())).await;
+    let admin = Admin::new(consumer.admin_port);
+    publish(&producer, 0, (0..20).map(|i| small(&format!("C{i}")))).await;
+    stack.wait_for_orders(20, Duration::from_secs(30)).await;
+    assert_eq!(admin.post("/pause", Some(TOKEN)).await.0, 200);
+
+    publish(&producer, 0, (0..FILLER).map(|i| padded(&format!("F{i}")))).await;
+    publish(&producer, 0, (0..20).map(|i| small(&format!("T{i}")))).await;
+    let (log_start, end) = watermarks(&stack, 0).await;
+    assert!(log_start > 20, "the broker dropped messages the consumer had not read: log start {log_start}");
+
+    assert_eq!(admin.post("/resume", Some(TOKEN)).await.0, 200);
+    let open = admin.open_gaps(1).await;
+    assert_eq!((open[0]["from"].as_i64(), open[0]["to"].as_i64()), (Some(20), Some(log_start)));
+    assert_eq!(open[0]["missing"].as_i64(), Some(log_start - 20));
+    assert_eq!(admin.get("/ready").await.0, 503);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stack.order_count().await, 20, "nothing past the gap while it is open");
+
+    assert_eq!(admin.post("/gaps/0/acknowledge", Some(TOKEN)).await.0, 200);
+    stack.wait_for_orders(20 + end - log_start, Duration::from_secs(30)).await;
+    assert_eq!(admin.get("/ready").await.0, 200);
+    consumer.stop().await;
+}
