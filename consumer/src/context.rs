@@ -78,14 +78,30 @@ impl ConsumerContext for OrderflowContext {
     }
 
     /// Partitions assigned while paused stay paused: pausing is the operator's decision,
-    /// and a rebalance must not undo it.
+    /// and a rebalance must not undo it. Otherwise they are resumed: librdkafka keeps a
+    /// partition's pause across a revoke and a later reassignment, so a partition paused at
+    /// a gap (or by /pause) and then revoked would come back paused, with nothing to resume it.
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            if self.control.is_paused() && list.count() > 0 {
-                if let Err(error) = consumer.pause(list) {
-                    tracing::error!(%error, "could not keep newly assigned partitions paused");
-                }
+        let Rebalance::Assign(list) = rebalance else {
+            return;
+        };
+        if list.count() == 0 {
+            return;
+        }
+        if self.control.is_paused() {
+            if let Err(error) = consumer.pause(list) {
+                tracing::error!(%error, "could not keep newly assigned partitions paused");
             }
+            return;
+        }
+        // Gaps are forgotten on revoke, so a newly assigned partition has none open; the
+        // filter keeps that true should the order of callbacks ever change.
+        let mut resumable = TopicPartitionList::new();
+        for element in list.elements().iter().filter(|e| !self.gaps.is_open(e.partition())) {
+            resumable.add_partition(element.topic(), element.partition());
+        }
+        if let Err(error) = consumer.resume(&resumable) {
+            tracing::error!(%error, "could not resume newly assigned partitions");
         }
     }
 
