@@ -37,8 +37,10 @@ use crate::pipeline::OrderConsumer;
 
 /// Broker round trips of a scan or an acknowledgement (committed offsets, watermarks, commit).
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
-/// A failed scan is retried after this: a stopped partition reports its error only once.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// A failed scan is retried, since a stopped partition reports its error only once; the wait
+/// doubles from the first to the last value while the broker stays unreachable.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 const ACKNOWLEDGED_KEPT: usize = 50;
 
 /// Offsets `[from, to)` of `partition` that were deleted before this group consumed them.
@@ -112,6 +114,9 @@ struct State {
     /// Partitions this member started at offset 0 itself in the current assignment: a late
     /// error about their first start must not restart them again.
     started: HashSet<i32>,
+    /// Counts revokes: a scan that overlapped one may have judged a partition this member no
+    /// longer owns, so its findings are dropped and it runs again.
+    revokes: u64,
 }
 
 #[derive(Debug)]
@@ -150,6 +155,7 @@ impl Gaps {
     /// below the log start.
     pub fn forget(&self, partitions: &[i32]) {
         let mut state = self.lock();
+        state.revokes += 1;
         for partition in partitions {
             if state.open.remove(partition).is_some() {
                 gauge(*partition, 0);
@@ -184,12 +190,14 @@ impl Gaps {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
             }
+            let mut wait = RETRY_FIRST;
             while let Err(error) = self.scan(&consumer, &control).await {
-                tracing::warn!(error = %error_chain(&error), "gap check failed; retrying");
+                tracing::warn!(error = %error_chain(&error), retry_in_ms = wait.as_millis() as u64, "gap check failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(RETRY_AFTER) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
+                wait = (wait * 2).min(RETRY_MAX);
             }
         }
     }
@@ -203,6 +211,7 @@ impl Gaps {
     }
 
     fn scan_blocking(&self, consumer: &OrderConsumer, control: &Control) -> Result<(), GapError> {
+        let revokes = self.lock().revokes;
         let assigned = consumer.assignment().map_err(kafka("reading the assignment"))?;
         let positions = consumer.position().map_err(kafka("reading positions"))?;
         let committed = consumer.committed_offsets(assigned.clone(), BROKER_TIMEOUT).map_err(kafka("reading committed offsets"))?;
@@ -238,6 +247,14 @@ impl Gaps {
             // but an acknowledgement starts it again.
             consumer.pause(&list).map_err(kafka("pausing gapped partitions"))?;
             let mut state = self.lock();
+            if state.revokes != revokes {
+                // Some of these partitions may belong to another member now. The next scan
+                // judges only what is still assigned; the pause just put on a revoked one is
+                // lifted if it is ever assigned here again (see context.rs).
+                drop(state);
+                self.signal();
+                return Ok(());
+            }
             for gap in new_gaps {
                 tracing::error!(
                     topic = %gap.topic,
