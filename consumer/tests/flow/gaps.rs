@@ -120,6 +120,8 @@ impl Admin {
     }
 }
 
+/// The metrics recorder is process-wide; nextest runs each test in a process of its own, so
+/// the gauge seen here is this test's.
 fn gauge_line(partition: i32, missing: i64) -> String {
     format!("consumer_offset_gap_messages{{partition=\"{partition}\"}} {missing}")
 }
