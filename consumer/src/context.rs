@@ -9,7 +9,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::control::{Control, PartitionStatus};
-use crate::gaps::Gaps;
+use crate::gaps::{self, Gaps};
 use crate::offsets::ProcessedOffsets;
 
 pub struct OrderflowContext {
@@ -20,6 +20,19 @@ pub struct OrderflowContext {
 }
 
 impl ClientContext for OrderflowContext {
+    /// As rust-rdkafka's default, except for the offset-reset error: gaps.rs reports that
+    /// one with its partition and range, and for a new group starting at 0 (no committed
+    /// offset yet) it is no error at all. librdkafka raises it here as well as from
+    /// `recv()`; either one starts a gap check.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if gaps::is_offset_reset(&error) {
+            tracing::debug!(%error, reason, "librdkafka refused to reset an offset");
+            self.gaps.signal();
+        } else {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+
     /// librdkafka's statistics (every `statistics.interval.ms`) carry each assigned
     /// partition's lag; exporting them costs no extra broker round trip.
     fn stats(&self, statistics: Statistics) {

@@ -98,12 +98,14 @@ pub fn judge(position: Option<i64>, committed: Option<i64>, log_start: i64) -> V
 }
 
 /// True for the error librdkafka raises, under `auto.offset.reset=error`, when a partition's
-/// start offset is not in the log.
+/// start offset is not in the log (or there is none): from `recv()` as a consumption error,
+/// and to the client context as a global one.
 pub fn is_offset_reset(error: &KafkaError) -> bool {
     matches!(
         error,
         KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)
             | KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::AutoOffsetReset)
+            | KafkaError::Global(RDKafkaErrorCode::AutoOffsetReset)
     )
 }
 
@@ -420,6 +422,7 @@ mod tests {
     #[test]
     fn only_the_offset_reset_error_signals_a_gap() {
         assert!(is_offset_reset(&KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)));
+        assert!(is_offset_reset(&KafkaError::Global(RDKafkaErrorCode::AutoOffsetReset)));
         assert!(!is_offset_reset(&KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)));
         assert!(!is_offset_reset(&KafkaError::PartitionEOF(0)));
     }
