@@ -273,7 +273,15 @@ impl Gaps {
         if !start.is_empty() {
             tracing::info!(partitions = ?start.iter().map(|(p, _)| p).collect::<Vec<_>>(), "no committed offset and nothing deleted: starting at offset 0");
             self.restart(consumer, control, &start)?;
-            self.lock().started.extend(start.iter().map(|(partition, _)| *partition));
+            let mut state = self.lock();
+            if state.revokes == revokes {
+                state.started.extend(start.iter().map(|(partition, _)| *partition));
+            } else {
+                // A partition marked started after its revoke would never be started again
+                // should it come back; the next scan judges them afresh instead.
+                drop(state);
+                self.signal();
+            }
         }
         Ok(())
     }
