@@ -272,3 +272,43 @@ async fn a_running_consumer_that_falls_behind_retention_stops_at_the_gap() {
     assert_eq!(admin.get("/ready").await.0, 200);
     consumer.stop().await;
 }
+
+/// A gap belongs to the partition, not to the member: when a rebalance moves a gapped
+/// partition, the old owner stops reporting it and the new owner reports it, until it is
+/// acknowledged there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gapped_partition_that_moves_is_reported_by_its_new_owner() {
+    let stack = Stack::start(2).await;
+    stack.set_stock("PROD001", 1_000_000).await;
+    let producer = stack.kafka_producer();
+    for partition in [0, 1] {
+        publish(&producer, partition, (0..FILLER).map(|i| padded(&format!("F{partition}-{i}")))).await;
+    }
+    let log_starts = [watermarks(&stack, 0).await, watermarks(&stack, 1).await];
+    assert!(log_starts.iter().all(|(start, _)| *start > 0), "{log_starts:?}");
+
+    let first = stack.start_consumer(|s| s.admin_token = Some(TOKEN.into())).await;
+    let first_admin = Admin::new(first.admin_port);
+    assert_eq!(first_admin.open_gaps(2).await.len(), 2);
+
+    let second = stack.start_consumer(|s| s.admin_token = Some(TOKEN.into())).await;
+    let second_admin = Admin::new(second.admin_port);
+    // Each member owns one partition after the rebalance and reports that partition's gap.
+    let (first_gap, second_gap) = (first_admin.open_gaps(1).await, second_admin.open_gaps(1).await);
+    let (first_partition, second_partition) = (first_gap[0]["partition"].as_i64().unwrap(), second_gap[0]["partition"].as_i64().unwrap());
+    assert_ne!(first_partition, second_partition);
+    let moved = second_partition as usize;
+    assert_eq!(second_gap[0]["missing"].as_i64(), Some(log_starts[moved].0), "the new owner counts [0, log start)");
+    assert_eq!(second_admin.get("/ready").await.0, 503);
+
+    for (admin, partition) in [(&first_admin, first_partition), (&second_admin, second_partition)] {
+        let (code, body) = admin.post(&format!("/gaps/{partition}/acknowledge"), Some(TOKEN)).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let remaining: i64 = log_starts.iter().map(|(start, end)| end - start).sum();
+    stack.wait_for_orders(remaining, Duration::from_secs(30)).await;
+    assert_eq!(first_admin.get("/ready").await.0, 200);
+    assert_eq!(second_admin.get("/ready").await.0, 200);
+    first.stop().await;
+    second.stop().await;
+}
