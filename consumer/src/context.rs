@@ -9,15 +9,30 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::control::{Control, PartitionStatus};
+use crate::gaps::{self, Gaps};
 use crate::offsets::ProcessedOffsets;
 
 pub struct OrderflowContext {
     pub topic: String,
     pub offsets: Arc<ProcessedOffsets>,
     pub control: Arc<Control>,
+    pub gaps: Arc<Gaps>,
 }
 
 impl ClientContext for OrderflowContext {
+    /// As rust-rdkafka's default, except for the offset-reset error: gaps.rs reports that
+    /// one with its partition and range, and for a new group starting at 0 (no committed
+    /// offset yet) it is no error at all. librdkafka raises it here as well as from
+    /// `recv()`; either one starts a gap check.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if gaps::is_offset_reset(&error) {
+            tracing::debug!(%error, reason, "librdkafka refused to reset an offset");
+            self.gaps.signal();
+        } else {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+
     /// librdkafka's statistics (every `statistics.interval.ms`) carry each assigned
     /// partition's lag; exporting them costs no extra broker round trip.
     fn stats(&self, statistics: Statistics) {
@@ -69,20 +84,37 @@ impl ConsumerContext for OrderflowContext {
                     }
                 }
                 self.offsets.forget(&revoked);
+                self.gaps.forget(&revoked);
             }
             Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
         }
     }
 
     /// Partitions assigned while paused stay paused: pausing is the operator's decision,
-    /// and a rebalance must not undo it.
+    /// and a rebalance must not undo it. Otherwise they are resumed: librdkafka keeps a
+    /// partition's pause across a revoke and a later reassignment, so a partition paused at
+    /// a gap (or by /pause) and then revoked would come back paused, with nothing to resume it.
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            if self.control.is_paused() && list.count() > 0 {
-                if let Err(error) = consumer.pause(list) {
-                    tracing::error!(%error, "could not keep newly assigned partitions paused");
-                }
+        let Rebalance::Assign(list) = rebalance else {
+            return;
+        };
+        if list.count() == 0 {
+            return;
+        }
+        if self.control.is_paused() {
+            if let Err(error) = consumer.pause(list) {
+                tracing::error!(%error, "could not keep newly assigned partitions paused");
             }
+            return;
+        }
+        // Gaps are forgotten on revoke, so a newly assigned partition has none open; the
+        // filter keeps that true should the order of callbacks ever change.
+        let mut resumable = TopicPartitionList::new();
+        for element in list.elements().iter().filter(|e| !self.gaps.is_open(e.partition())) {
+            resumable.add_partition(element.topic(), element.partition());
+        }
+        if let Err(error) = consumer.resume(&resumable) {
+            tracing::error!(%error, "could not resume newly assigned partitions");
         }
     }
 

@@ -6,6 +6,7 @@ pub mod allocation;
 pub mod context;
 pub mod dead_letters;
 pub mod control;
+pub mod gaps;
 pub mod offsets;
 pub mod pipeline;
 pub mod replay;

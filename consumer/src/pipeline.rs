@@ -14,6 +14,7 @@ use orderflow_common::order::{InvalidMessage, PlacedOrder, ValidOrder};
 
 use crate::context::OrderflowContext;
 use crate::dead_letters::{DeadLetter, DeadLetterQueue};
+use crate::gaps::{self, Gaps};
 use crate::offsets::ProcessedOffsets;
 use crate::settings::BatchSettings;
 use crate::stats::Stats;
@@ -35,6 +36,7 @@ pub struct Pipeline {
     pub workers: Arc<WorkerPool>,
     pub dead_letters: Arc<DeadLetterQueue>,
     pub offsets: Arc<ProcessedOffsets>,
+    pub gaps: Arc<Gaps>,
     pub stats: Arc<Stats>,
     pub settings: BatchSettings,
     pub topic: String,
@@ -105,7 +107,15 @@ impl Pipeline {
                     if deadline.is_some() { break }
                     continue
                 }
-                message = self.consumer.recv() => message,
+                message = self.consumer.recv() => match message {
+                    // A partition whose next offset was deleted: not a consumer error to log
+                    // and forget, but a gap (see gaps.rs).
+                    Err(error) if gaps::is_offset_reset(&error) => {
+                        self.gaps.signal();
+                        continue
+                    }
+                    message => message,
+                },
             };
             match message {
                 Ok(message) => {

@@ -45,7 +45,7 @@ pub struct Settings {
     /// Topic for messages that cannot become orders.
     #[arg(long = "dead-letter-topic", env = "DEAD_LETTER_TOPIC", default_value = orderflow_common::DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: String,
-    /// Bearer token for POST /pause and /resume; unset disables them.
+    /// Bearer token for POST /pause, /resume and /gaps/{partition}/acknowledge; unset disables them.
     #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 }

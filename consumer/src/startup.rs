@@ -19,6 +19,7 @@ use crate::admin::{self, AdminState};
 use crate::context::OrderflowContext;
 use crate::dead_letters::DeadLetterQueue;
 use crate::control::Control;
+use crate::gaps::Gaps;
 use orderflow_common::admin_auth::AdminToken;
 use crate::offsets::ProcessedOffsets;
 use crate::pipeline::{OrderConsumer, Pipeline};
@@ -54,7 +55,8 @@ impl Application {
 
         let offsets = Arc::new(ProcessedOffsets::default());
         let control = Arc::new(Control::default());
-        let consumer = Arc::new(create_consumer(&settings, offsets.clone(), control.clone())?);
+        let gaps = Arc::new(Gaps::new(settings.kafka.topic.clone()));
+        let consumer = Arc::new(create_consumer(&settings, offsets.clone(), control.clone(), gaps.clone())?);
         consumer.subscribe(&[&settings.kafka.topic])?;
 
         let stats = Arc::new(Stats::default());
@@ -62,7 +64,9 @@ impl Application {
         let listener = TcpListener::bind(settings.admin_listen).map_err(listen)?;
         let admin_port = listener.local_addr().map_err(listen)?.port();
         let state = web::Data::new(AdminState {
-            control,
+            control: control.clone(),
+            gaps: gaps.clone(),
+            offsets: offsets.clone(),
             token: AdminToken::new(settings.admin_token.clone()),
             consumer: consumer.clone(),
             pool: pool.clone(),
@@ -83,12 +87,14 @@ impl Application {
             consumer,
             workers: Arc::new(WorkerPool::new(pool, settings.batch.workers as usize, stats.clone())),
             offsets,
+            gaps: gaps.clone(),
             stats: stats.clone(),
             settings: settings.batch.clone(),
             topic: settings.kafka.topic.clone(),
         };
         let shutdown = CancellationToken::new();
         let abandon = CancellationToken::new();
+        gaps.spawn_watcher(pipeline.consumer.clone(), control, shutdown.clone());
         let pipeline = tokio::spawn(pipeline.run(shutdown.clone(), abandon.clone()));
         let drain_timeout = settings.batch.drain_timeout();
         spawn_abandon_timer(shutdown.clone(), abandon, drain_timeout);
@@ -144,6 +150,7 @@ fn create_consumer(
     settings: &Settings,
     offsets: Arc<ProcessedOffsets>,
     control: Arc<Control>,
+    gaps: Arc<Gaps>,
 ) -> Result<OrderConsumer, rdkafka::error::KafkaError> {
     let mut config = kafka::client_config(&settings.kafka);
     config
@@ -152,9 +159,12 @@ fn create_consumer(
         // Offsets are committed by hand, only after the database commit.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        // A new group must start from the beginning: orders accepted before the first
-        // consumer started are still orders.
-        .set("auto.offset.reset", "earliest")
+        // Never skip offsets silently: a start offset that is no longer in the log (deleted
+        // by retention before it was consumed) stops its partition with an error, and
+        // gaps.rs reports it until an operator acknowledges it. A new group's partition
+        // whose log still starts at 0 is started at 0 there: orders accepted before the
+        // first consumer started are still orders.
+        .set("auto.offset.reset", "error")
         // Bounds the prefetch buffer, and so the consumer's memory.
         .set("queued.max.messages.kbytes", "32768")
         // The dev broker parks a fetch for this long even when data arrives, so it bounds
@@ -170,7 +180,7 @@ fn create_consumer(
             .set("partition.assignment.strategy", "cooperative-sticky");
     }
     kafka::apply_overrides(&mut config, &settings.kafka);
-    config.create_with_context(OrderflowContext { topic: settings.kafka.topic.clone(), offsets, control })
+    config.create_with_context(OrderflowContext { topic: settings.kafka.topic.clone(), offsets, control, gaps })
 }
 
 fn spawn_abandon_timer(shutdown: CancellationToken, abandon: CancellationToken, drain_timeout: Duration) {

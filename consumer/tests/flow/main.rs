@@ -5,6 +5,7 @@ mod admin;
 mod crash;
 mod end_to_end;
 mod faults;
+mod gaps;
 mod invalid;
 mod plans;
 mod race;
