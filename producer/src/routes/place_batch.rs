@@ -38,13 +38,14 @@ pub async fn place_batch(
     publisher: web::Data<OrderPublisher>,
     pool: web::Data<Pool>,
 ) -> Result<HttpResponse, ApiError> {
-    let (result, count) = match validate_batch(body.get()) {
-        Ok(orders) => {
+    let (result, count) = match (validate_batch(body.get()), idempotency_key(&request)) {
+        (Ok(orders), Ok(key)) => {
             let count = orders.len();
             tracing::Span::current().record("orders", count);
-            (idempotency::publish(idempotency_key(&request), "/orders/batch", orders, &publisher, &pool).await, count)
+            (idempotency::publish(key, "/orders/batch", orders, &publisher, &pool).await, count)
         }
-        Err((error, count)) => (Err(error), count),
+        (Ok(orders), Err(error)) => (Err(error), orders.len()),
+        (Err((error, count)), _) => (Err(error), count),
     };
     match &result {
         Ok(published) => metrics::counter!("orders_accepted_total").increment(published.orders.len() as u64),

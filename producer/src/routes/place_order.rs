@@ -39,7 +39,7 @@ async fn place(request: &HttpRequest, body: &str, publisher: &OrderPublisher, po
         Some(order) => order,
         None => NewOrder::from_json(&parse(body)?).map_err(ApiError::Validation)?,
     };
-    let published = idempotency::publish(idempotency_key(request), "/order", vec![order], publisher, pool).await?;
+    let published = idempotency::publish(idempotency_key(request)?, "/order", vec![order], publisher, pool).await?;
     let order_id = published.orders[0].order_id;
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
     Ok(accepted(published.replayed).json(AcceptedOrder::new(order_id)))
