@@ -3,13 +3,20 @@
 
 use std::sync::Arc;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use orderflow_common::errors::Chain;
+use orderflow_common::kafka;
+use orderflow_common::log_limit::{self, LogLimiter};
+
 use crate::control::{Control, PartitionStatus};
 use crate::offsets::ProcessedOffsets;
+
+static COMMIT_FAILURES: LogLimiter = LogLimiter::new(log_limit::EVERY);
 
 pub struct OrderflowContext {
     pub topic: String,
@@ -18,6 +25,16 @@ pub struct OrderflowContext {
 }
 
 impl ClientContext for OrderflowContext {
+    /// librdkafka's own lines, rate-limited: with the broker down they repeat many times a
+    /// second.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, text: &str) {
+        kafka::log_librdkafka(level, facility, text);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka::log_librdkafka_error(&error, reason);
+    }
+
     /// librdkafka's statistics (every `statistics.interval.ms`) carry each assigned
     /// partition's lag; exporting them costs no extra broker round trip.
     fn stats(&self, statistics: Statistics) {
@@ -50,7 +67,15 @@ fn partitions(list: &TopicPartitionList) -> Vec<i32> {
 impl ConsumerContext for OrderflowContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(list) => tracing::info!(partitions = ?partitions(list), "partitions assigned"),
+            Rebalance::Assign(list) => {
+                let assigned = partitions(list);
+                tracing::info!(partitions = ?assigned, "partitions assigned");
+                // librdkafka reports a lag only once the group has committed an offset, so a
+                // fresh stack would export no lag series at all. 0 until the statistics know.
+                for partition in &assigned {
+                    metrics::gauge!("consumer_lag", "partition" => partition.to_string()).set(0.0);
+                }
+            }
             Rebalance::Revoke(list) => {
                 let revoked = partitions(list);
                 tracing::info!(partitions = ?revoked, "partitions revoked");
@@ -65,12 +90,12 @@ impl ConsumerContext for OrderflowContext {
                 let done = self.offsets.to_commit(&self.topic, Some(&revoked));
                 if done.count() > 0 {
                     if let Err(error) = consumer.commit(&done, CommitMode::Sync) {
-                        tracing::warn!(%error, "commit on revoke failed; the next owner re-applies (idempotently)");
+                        tracing::warn!(error = %Chain(&error), "commit on revoke failed; the next owner re-applies (idempotently)");
                     }
                 }
                 self.offsets.forget(&revoked);
             }
-            Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
+            Rebalance::Error(error) => tracing::error!(error = %Chain(error), "rebalance error"),
         }
     }
 
@@ -80,7 +105,7 @@ impl ConsumerContext for OrderflowContext {
         if let Rebalance::Assign(list) = rebalance {
             if self.control.is_paused() && list.count() > 0 {
                 if let Err(error) = consumer.pause(list) {
-                    tracing::error!(%error, "could not keep newly assigned partitions paused");
+                    tracing::error!(error = %Chain(&error), "could not keep newly assigned partitions paused");
                 }
             }
         }
@@ -90,7 +115,10 @@ impl ConsumerContext for OrderflowContext {
         if let Err(error) = result {
             // Not fatal: the offsets are committed again after the next batch, and anything
             // redelivered meanwhile is applied idempotently.
-            tracing::warn!(%error, partitions = ?partitions(offsets), "offset commit failed");
+            let kind = error.rdkafka_error_code().map_or_else(|| "Other".to_owned(), |code| format!("{code:?}"));
+            if let Some(suppressed) = COMMIT_FAILURES.allow(&kind) {
+                tracing::warn!(error = %Chain(&error), partitions = ?partitions(offsets), suppressed, "offset commit failed");
+            }
         }
     }
 }
