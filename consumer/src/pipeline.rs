@@ -240,10 +240,8 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 result = &mut *write => break result,
-                message = self.consumer.recv(), if held => match message {
-                    Ok(message) => next.push(Received::from(&message)),
-                    Err(error) => consumer_error(error)?,
-                },
+                // Before `recv`: if messages kept coming (an operator resumed meanwhile), the
+                // tick must still get its turn to pause again.
                 _ = tokio::time::sleep_until(wake) => {
                     if !held {
                         held = true;
@@ -253,6 +251,10 @@ impl Pipeline {
                     self.set_fetching(false);
                     wake = Instant::now() + poll_every;
                 }
+                message = self.consumer.recv(), if held => match message {
+                    Ok(message) => next.push(Received::from(&message)),
+                    Err(error) => consumer_error(error)?,
+                },
             }
         };
         if held {

@@ -11,7 +11,7 @@ use crate::support::{message, placed_order, Stack};
 /// show it, and the stuck batch is neither written nor committed past. It stays stuck
 /// longer than max.poll.interval.ms without this member leaving the group (fetching paused,
 /// polling on). Once the constraint is dropped, every order is applied exactly once, by
-/// the same member, and /ready is 200 again.
+/// the same member, including those published while it was stuck, and /ready is 200 again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_error_is_loud_and_the_batch_goes_through_once_it_is_fixed() {
     let stack = Stack::start(2).await;
@@ -40,6 +40,11 @@ async fn a_permanent_error_is_loud_and_the_batch_goes_through_once_it_is_fixed()
     assert_eq!((ready["kafka"]["ok"].clone(), ready["database"]["ok"].clone()), (Value::Bool(true), Value::Bool(true)));
     assert_eq!(consumer.metric("consumer_writes_stuck").await, Some(1.0));
 
+    // Orders arriving while stuck wait behind the stuck batch (fetching is paused; any
+    // already fetched are kept for the next batch).
+    let later: Vec<_> = (0..10).map(|i| placed_order(&format!("L{i}"), "PROD002", 1)).collect();
+    stack.publish_raw(&stack.kafka_producer(), &later.iter().map(message).collect::<Vec<_>>()).await;
+
     // Stuck for longer than max.poll.interval.ms: nothing more is written, nothing skipped.
     let written = stack.order_count().await;
     assert!(written < 21);
@@ -51,8 +56,9 @@ async fn a_permanent_error_is_loud_and_the_batch_goes_through_once_it_is_fixed()
     assert_eq!(consumer.admin_get("/ready").await.0, 503);
 
     stack.execute("ALTER TABLE orders DROP CONSTRAINT no_poison").await;
-    stack.wait_for_orders(21, Duration::from_secs(30)).await;
+    stack.wait_for_orders(31, Duration::from_secs(30)).await;
     assert_eq!(stack.status_counts("PROD001").await, (21, 0, 0));
+    assert_eq!(stack.status_counts("PROD002").await.0, 10);
     stack.assert_invariants().await;
     eventually(Duration::from_secs(10), "/ready to be 200 again", || async { (consumer.admin_get("/ready").await.0 == 200).then_some(()) }).await;
     assert_eq!(consumer.metric("consumer_writes_stuck").await, Some(0.0));
