@@ -26,7 +26,7 @@ pub struct BatchAccepted {
 #[utoipa::path(post, path = "/orders/batch", request_body = crate::openapi::OrderBatch,
     params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "Retries with the same key and body get the same order ids")),
     responses((status = 202, description = "all accepted, in request order", body = BatchAccepted),
-        (status = 400, description = "invalid input", body = crate::openapi::ErrorBody),
+        (status = 400, description = "invalid input, or an Idempotency-Key that is not 1 to 255 visible ASCII characters", body = crate::openapi::ErrorBody),
         (status = 413, description = "body too large", body = crate::openapi::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another request", body = crate::openapi::ErrorBody),
         (status = 429, description = "rate limited", body = crate::openapi::ErrorBody),
