@@ -11,6 +11,7 @@ use deadpool_postgres::Pool;
 use serde_json::json;
 
 use orderflow_common::admin_auth::{AdminAuthError, AdminToken};
+use orderflow_common::errors::Chain;
 use orderflow_common::{db, kafka};
 
 use crate::control::Control;
@@ -18,6 +19,7 @@ use crate::gaps::{error_chain, GapError, Gaps};
 use crate::offsets::ProcessedOffsets;
 use crate::pipeline::OrderConsumer;
 use crate::stats::Stats;
+use crate::stuck::StuckWrites;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -25,6 +27,7 @@ pub struct AdminState {
     pub control: Arc<Control>,
     pub gaps: Arc<Gaps>,
     pub offsets: Arc<ProcessedOffsets>,
+    pub stuck: Arc<StuckWrites>,
     pub token: AdminToken,
     pub consumer: Arc<OrderConsumer>,
     pub pool: Pool,
@@ -50,8 +53,8 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when the topic's metadata can be fetched, the database answers and no partition is
-/// stopped at a gap in the log.
+/// Ready when the topic's metadata can be fetched, the database answers, writes are not
+/// stuck on a permanent error, and no partition is stopped at a gap in the log.
 async fn ready(state: web::Data<AdminState>) -> HttpResponse {
     let consumer = state.consumer.clone();
     let topic = state.topic.clone();
@@ -65,18 +68,23 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
     };
     let database_error = match database {
         Ok(Ok(())) => None,
-        Ok(Err(error)) => Some(error.to_string()),
+        Ok(Err(error)) => Some(Chain(&error).to_string()),
         Err(_) => Some("timed out".to_owned()),
     };
     let gaps = state.gaps.open();
-    let ok = kafka_error.is_none() && database_error.is_none() && gaps.is_empty();
+    let stuck = state.stuck.current();
+    let ready = kafka_error.is_none() && database_error.is_none() && stuck.is_none() && gaps.is_empty();
     let body = json!({
-        "status": if ok { "ready" } else { "not ready" },
+        "status": if ready { "ready" } else { "not ready" },
         "kafka": {"ok": kafka_error.is_none(), "error": kafka_error},
         "database": {"ok": database_error.is_none(), "error": database_error},
+        "writes": match &stuck {
+            None => json!({"ok": true}),
+            Some(failure) => json!({"ok": false, "error": failure.error, "sqlstate": failure.sqlstate, "since": failure.since, "orders": failure.orders}),
+        },
         "gaps": gaps,
     });
-    if ok {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
@@ -150,7 +158,7 @@ fn set_paused(request: &HttpRequest, state: &AdminState, paused: bool) -> HttpRe
         }
     });
     if let Err(error) = result {
-        tracing::error!(%error, paused, "changing the consumer state failed");
+        tracing::error!(error = %Chain(&error), paused, "changing the consumer state failed");
         return HttpResponse::InternalServerError().json(json!({"error": format!("kafka: {error}")}));
     }
     tracing::info!(paused, "consumer state changed by admin request");

@@ -3,14 +3,21 @@
 
 use std::sync::Arc;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
+
+use orderflow_common::errors::Chain;
+use orderflow_common::kafka;
+use orderflow_common::log_limit::{self, LogLimiter};
 
 use crate::control::{Control, PartitionStatus};
 use crate::gaps::{self, Gaps};
 use crate::offsets::ProcessedOffsets;
+
+static COMMIT_FAILURES: LogLimiter = LogLimiter::new(log_limit::EVERY);
 
 pub struct OrderflowContext {
     pub topic: String,
@@ -20,17 +27,23 @@ pub struct OrderflowContext {
 }
 
 impl ClientContext for OrderflowContext {
-    /// As rust-rdkafka's default, except for the offset-reset error: gaps.rs reports that
-    /// one with its partition and range, and for a new group starting at 0 (no committed
-    /// offset yet) it is no error at all. librdkafka raises it here as well as from
-    /// `recv()`; either one starts a gap check.
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+    /// librdkafka's own lines, rate-limited: with the broker down they repeat many times a
+    /// second.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, text: &str) {
+        kafka::log_librdkafka(level, facility, text);
+    }
+
+    /// Rate-limited like `log`, except for the offset-reset error: gaps.rs reports that one
+    /// with its partition and range, and for a new group starting at 0 (no committed offset
+    /// yet) it is no error at all. librdkafka raises it here as well as from `recv()`; either
+    /// one starts a gap check.
+    fn error(&self, error: KafkaError, reason: &str) {
         if gaps::is_offset_reset(&error) {
             tracing::debug!(%error, reason, "librdkafka refused to reset an offset");
             self.gaps.signal();
-        } else {
-            tracing::error!(%error, reason, "librdkafka error");
+            return;
         }
+        kafka::log_librdkafka_error(&error, reason);
     }
 
     /// librdkafka's statistics (every `statistics.interval.ms`) carry each assigned
@@ -65,7 +78,15 @@ fn partitions(list: &TopicPartitionList) -> Vec<i32> {
 impl ConsumerContext for OrderflowContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(list) => tracing::info!(partitions = ?partitions(list), "partitions assigned"),
+            Rebalance::Assign(list) => {
+                let assigned = partitions(list);
+                tracing::info!(partitions = ?assigned, "partitions assigned");
+                // librdkafka reports a lag only once the group has committed an offset, so a
+                // fresh stack would export no lag series at all. 0 until the statistics know.
+                for partition in &assigned {
+                    metrics::gauge!("consumer_lag", "partition" => partition.to_string()).set(0.0);
+                }
+            }
             Rebalance::Revoke(list) => {
                 let revoked = partitions(list);
                 tracing::info!(partitions = ?revoked, "partitions revoked");
@@ -80,13 +101,13 @@ impl ConsumerContext for OrderflowContext {
                 let done = self.offsets.to_commit(&self.topic, Some(&revoked));
                 if done.count() > 0 {
                     if let Err(error) = consumer.commit(&done, CommitMode::Sync) {
-                        tracing::warn!(%error, "commit on revoke failed; the next owner re-applies (idempotently)");
+                        tracing::warn!(error = %Chain(&error), "commit on revoke failed; the next owner re-applies (idempotently)");
                     }
                 }
                 self.offsets.forget(&revoked);
                 self.gaps.forget(&revoked);
             }
-            Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
+            Rebalance::Error(error) => tracing::error!(error = %Chain(error), "rebalance error"),
         }
     }
 
@@ -103,7 +124,7 @@ impl ConsumerContext for OrderflowContext {
         }
         if self.control.is_paused() {
             if let Err(error) = consumer.pause(list) {
-                tracing::error!(%error, "could not keep newly assigned partitions paused");
+                tracing::error!(error = %Chain(&error), "could not keep newly assigned partitions paused");
             }
             return;
         }
@@ -114,7 +135,7 @@ impl ConsumerContext for OrderflowContext {
             resumable.add_partition(element.topic(), element.partition());
         }
         if let Err(error) = consumer.resume(&resumable) {
-            tracing::error!(%error, "could not resume newly assigned partitions");
+            tracing::error!(error = %Chain(&error), "could not resume newly assigned partitions");
         }
     }
 
@@ -122,7 +143,10 @@ impl ConsumerContext for OrderflowContext {
         if let Err(error) = result {
             // Not fatal: the offsets are committed again after the next batch, and anything
             // redelivered meanwhile is applied idempotently.
-            tracing::warn!(%error, partitions = ?partitions(offsets), "offset commit failed");
+            let kind = error.rdkafka_error_code().map_or_else(|| "Other".to_owned(), |code| format!("{code:?}"));
+            if let Some(suppressed) = COMMIT_FAILURES.allow(&kind) {
+                tracing::warn!(error = %Chain(&error), partitions = ?partitions(offsets), suppressed, "offset commit failed");
+            }
         }
     }
 }

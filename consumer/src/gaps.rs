@@ -172,21 +172,9 @@ impl Gaps {
 
     /// Runs the watcher, and stops the consumer (through `shutdown`) if it ever ends on its
     /// own: without it a gap would stop its partition with nobody told.
-    pub fn spawn_watcher(self: &Arc<Self>, consumer: Arc<OrderConsumer>, control: Arc<Control>, shutdown: CancellationToken) {
-        let watcher = tokio::spawn(self.clone().watch(consumer, control, shutdown.clone()));
-        tokio::spawn(async move {
-            let outcome = watcher.await;
-            if !shutdown.is_cancelled() {
-                match outcome {
-                    Ok(()) => tracing::error!("gap watcher stopped; stopping the consumer"),
-                    Err(error) => tracing::error!(%error, "gap watcher failed; stopping the consumer"),
-                }
-                shutdown.cancel();
-            }
-        });
-    }
-
-    async fn watch(self: Arc<Self>, consumer: Arc<OrderConsumer>, control: Arc<Control>, shutdown: CancellationToken) {
+    /// Runs until `shutdown`: scans whenever woken. It returns only at shutdown, so the
+    /// application's supervisor treats any other end (or a panic) as a failure.
+    pub async fn watch(self: Arc<Self>, consumer: Arc<OrderConsumer>, control: Arc<Control>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -14,6 +14,8 @@ pub mod reservation;
 pub mod settings;
 pub mod startup;
 pub mod stats;
+pub mod stuck;
+pub mod supervision;
 pub mod worker_pool;
 
 pub use settings::Settings;
