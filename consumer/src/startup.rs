@@ -167,7 +167,10 @@ impl Application {
         let Self { admin, mut pipeline, mut gap_watcher, mut reporter, shutdown, drain_timeout, .. } = self;
         let admin_handle = admin.handle();
         let mut admin = Watched::new("admin server", tokio::spawn(async move { admin.await.map_err(BoxError::from) }));
+        // Biased: the gap watcher returns as soon as it sees the token, so at shutdown both
+        // arms can be ready, and only the token says the stop was asked for.
         let mut failure = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => None,
             _ = termination_signal() => {
                 tracing::info!(drain_timeout_ms = drain_timeout.as_millis() as u64, "shutdown requested");
