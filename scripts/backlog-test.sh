@@ -3,7 +3,9 @@
 # POST /orders/batch; then it is resumed, and the run passes only when every order that got a
 # 202 is in PostgreSQL exactly once, with nothing oversold. Starts the stack (scripts/up.sh,
 # the default broker unless BROKER or KAFKA_BROKERS say otherwise) with an admin token.
-# Results land in bench-results/backlog/. Extra arguments go to loadgen.
+# RESTART_BROKER=1 SIGKILLs the broker while it holds the whole backlog and starts it again
+# (scripts/up.sh) before the consumer resumes. Results land in bench-results/backlog/. Extra
+# arguments go to loadgen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -19,7 +21,13 @@ if is_running consumer; then
 fi
 scripts/up.sh
 cargo build --release -p orderflow-bench
+extra=()
+if [ "${RESTART_BROKER:-0}" = 1 ]; then
+    broker="$(for name in tansu dev-broker; do is_running "$name" && echo "$name"; done | head -n1)"
+    [ -n "$broker" ] || die "RESTART_BROKER=1 needs a local broker started by up.sh"
+    extra=(--before-resume "kill -KILL \$(cat '$(pid_file "$broker")') && sleep 1 && scripts/up.sh")
+fi
 # Orders are generated and serialised up front: about 250 bytes of memory each.
 exec target/release/loadgen --workloads flash-sale --orders "$ORDERS" --warmup 0 --open-loop-fraction 0 \
     --skip-references --pause-consumer "$CONSUMER_ADMIN_URL" --timeout-seconds 7200 \
-    --out bench-results/backlog "$@"
+    --out bench-results/backlog "${extra[@]}" "$@"

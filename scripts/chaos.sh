@@ -64,7 +64,8 @@ kill_consumer() {
 }
 
 extra_consumer() { # extra_consumer N: another group member on admin port 1808N
-    CONSUMER_ADMIN_ADDR="127.0.0.1:1808$1" nohup target/release/consumer </dev/null >"$LOG_DIR/consumer-$1.log" 2>&1 &
+    # The broker settings up.sh gave its consumer (tansu wants smaller fetches).
+    (set -a && source "$RUN_DIR/consumer.env" && CONSUMER_ADMIN_ADDR="127.0.0.1:1808$1" exec nohup target/release/consumer </dev/null >"$LOG_DIR/consumer-$1.log" 2>&1) &
     extra_pids+=("$!")
     rebalances=$((rebalances + 1))
     log "fault: consumer-$1 joins the group (pid $!)"

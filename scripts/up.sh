@@ -124,7 +124,14 @@ fi
 export KAFKA_BROKERS
 
 # The user's own KAFKA_CONFIG comes last, so it overrides the broker-specific defaults.
-KAFKA_CONFIG="${consumer_kafka_config}${consumer_kafka_config:+${KAFKA_CONFIG:+,}}${KAFKA_CONFIG:-}" start consumer || true
+consumer_env="$RUN_DIR/consumer.env"
+{
+    printf 'KAFKA_BROKERS=%q\n' "$KAFKA_BROKERS"
+    printf 'KAFKA_CONFIG=%q\n' "${consumer_kafka_config}${consumer_kafka_config:+${KAFKA_CONFIG:+,}}${KAFKA_CONFIG:-}"
+    if [ -n "${KAFKA_SESSION_TIMEOUT_MS:-}" ]; then printf 'KAFKA_SESSION_TIMEOUT_MS=%q\n' "$KAFKA_SESSION_TIMEOUT_MS"; fi
+} >"$consumer_env"
+# Other scripts start more group members with the same settings (scripts/chaos.sh).
+(set -a && source "$consumer_env" && start consumer) || true
 start producer || true
 
 check_ready() {

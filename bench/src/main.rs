@@ -84,6 +84,10 @@ struct Args {
     /// workload's load and resume after it, so every accepted order waits in the broker first.
     #[arg(long)]
     pause_consumer: Option<String>,
+    /// With --pause-consumer: a shell command run after the load and before the resume (for
+    /// example one that kills and restarts the broker while it holds the whole backlog).
+    #[arg(long, requires = "pause_consumer")]
+    before_resume: Option<String>,
     /// Bearer token for --pause-consumer.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -185,7 +189,13 @@ async fn run_workload(args: &Args, pool: &Pool, load: &LoadSettings, workload: W
     let result = load::run(load, load::bodies(&orders, args.batch_size), &name).await;
     if let Some(admin) = &args.pause_consumer {
         let in_database = measure::count_since(pool, floor).await?;
-        eprintln!("{name}: {} accepted while the consumer was paused ({in_database} in the database); resuming", result.accepted.len());
+        eprintln!("{name}: {} accepted while the consumer was paused ({in_database} in the database)", result.accepted.len());
+        if let Some(command) = &args.before_resume {
+            eprintln!("{name}: running before resuming: {command}");
+            let status = tokio::process::Command::new("sh").arg("-c").arg(command).status().await?;
+            anyhow::ensure!(status.success(), "--before-resume command failed: {status}");
+        }
+        eprintln!("{name}: resuming the consumer");
         consumer_control(admin, args.admin_token.as_deref(), "resume").await?;
     }
     let expected = result.accepted.len() as i64;

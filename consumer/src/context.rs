@@ -3,21 +3,49 @@
 
 use std::sync::Arc;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use orderflow_common::errors::Chain;
+use orderflow_common::kafka;
+use orderflow_common::log_limit::{self, LogLimiter};
+
 use crate::control::{Control, PartitionStatus};
+use crate::gaps::{self, Gaps};
 use crate::offsets::ProcessedOffsets;
+
+static COMMIT_FAILURES: LogLimiter = LogLimiter::new(log_limit::EVERY);
 
 pub struct OrderflowContext {
     pub topic: String,
     pub offsets: Arc<ProcessedOffsets>,
     pub control: Arc<Control>,
+    pub gaps: Arc<Gaps>,
 }
 
 impl ClientContext for OrderflowContext {
+    /// librdkafka's own lines, rate-limited: with the broker down they repeat many times a
+    /// second.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, text: &str) {
+        kafka::log_librdkafka(level, facility, text);
+    }
+
+    /// Rate-limited like `log`, except for the offset-reset error: gaps.rs reports that one
+    /// with its partition and range, and for a new group starting at 0 (no committed offset
+    /// yet) it is no error at all. librdkafka raises it here as well as from `recv()`; either
+    /// one starts a gap check.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if gaps::is_offset_reset(&error) {
+            tracing::debug!(%error, reason, "librdkafka refused to reset an offset");
+            self.gaps.signal();
+            return;
+        }
+        kafka::log_librdkafka_error(&error, reason);
+    }
+
     /// librdkafka's statistics (every `statistics.interval.ms`) carry each assigned
     /// partition's lag; exporting them costs no extra broker round trip.
     fn stats(&self, statistics: Statistics) {
@@ -50,7 +78,15 @@ fn partitions(list: &TopicPartitionList) -> Vec<i32> {
 impl ConsumerContext for OrderflowContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(list) => tracing::info!(partitions = ?partitions(list), "partitions assigned"),
+            Rebalance::Assign(list) => {
+                let assigned = partitions(list);
+                tracing::info!(partitions = ?assigned, "partitions assigned");
+                // librdkafka reports a lag only once the group has committed an offset, so a
+                // fresh stack would export no lag series at all. 0 until the statistics know.
+                for partition in &assigned {
+                    metrics::gauge!("consumer_lag", "partition" => partition.to_string()).set(0.0);
+                }
+            }
             Rebalance::Revoke(list) => {
                 let revoked = partitions(list);
                 tracing::info!(partitions = ?revoked, "partitions revoked");
@@ -65,24 +101,41 @@ impl ConsumerContext for OrderflowContext {
                 let done = self.offsets.to_commit(&self.topic, Some(&revoked));
                 if done.count() > 0 {
                     if let Err(error) = consumer.commit(&done, CommitMode::Sync) {
-                        tracing::warn!(%error, "commit on revoke failed; the next owner re-applies (idempotently)");
+                        tracing::warn!(error = %Chain(&error), "commit on revoke failed; the next owner re-applies (idempotently)");
                     }
                 }
                 self.offsets.forget(&revoked);
+                self.gaps.forget(&revoked);
             }
-            Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
+            Rebalance::Error(error) => tracing::error!(error = %Chain(error), "rebalance error"),
         }
     }
 
     /// Partitions assigned while paused stay paused: pausing is the operator's decision,
-    /// and a rebalance must not undo it.
+    /// and a rebalance must not undo it. Otherwise they are resumed: librdkafka keeps a
+    /// partition's pause across a revoke and a later reassignment, so a partition paused at
+    /// a gap (or by /pause) and then revoked would come back paused, with nothing to resume it.
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            if self.control.is_paused() && list.count() > 0 {
-                if let Err(error) = consumer.pause(list) {
-                    tracing::error!(%error, "could not keep newly assigned partitions paused");
-                }
+        let Rebalance::Assign(list) = rebalance else {
+            return;
+        };
+        if list.count() == 0 {
+            return;
+        }
+        if self.control.is_paused() {
+            if let Err(error) = consumer.pause(list) {
+                tracing::error!(error = %Chain(&error), "could not keep newly assigned partitions paused");
             }
+            return;
+        }
+        // Gaps are forgotten on revoke, so a newly assigned partition has none open; the
+        // filter keeps that true should the order of callbacks ever change.
+        let mut resumable = TopicPartitionList::new();
+        for element in list.elements().iter().filter(|e| !self.gaps.is_open(e.partition())) {
+            resumable.add_partition(element.topic(), element.partition());
+        }
+        if let Err(error) = consumer.resume(&resumable) {
+            tracing::error!(error = %Chain(&error), "could not resume newly assigned partitions");
         }
     }
 
@@ -90,7 +143,10 @@ impl ConsumerContext for OrderflowContext {
         if let Err(error) = result {
             // Not fatal: the offsets are committed again after the next batch, and anything
             // redelivered meanwhile is applied idempotently.
-            tracing::warn!(%error, partitions = ?partitions(offsets), "offset commit failed");
+            let kind = error.rdkafka_error_code().map_or_else(|| "Other".to_owned(), |code| format!("{code:?}"));
+            if let Some(suppressed) = COMMIT_FAILURES.allow(&kind) {
+                tracing::warn!(error = %Chain(&error), partitions = ?partitions(offsets), suppressed, "offset commit failed");
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 use orderflow_common::config::KafkaSettings;
-use orderflow_common::kafka;
+use orderflow_common::kafka::{self, QuietContext};
 
 pub const HEADER_ERROR: &str = "orderflow-error";
 pub const HEADER_TOPIC: &str = "orderflow-source-topic";
@@ -29,7 +29,7 @@ pub struct DeadLetter {
 }
 
 pub struct DeadLetterQueue {
-    producer: FutureProducer,
+    producer: FutureProducer<QuietContext>,
     source_topic: String,
     topic: String,
 }
@@ -39,11 +39,12 @@ impl DeadLetterQueue {
         let mut config = kafka::client_config(settings);
         config.set("acks", "all").set("enable.idempotence", "true").set("linger.ms", "5").set("message.timeout.ms", "10000");
         kafka::apply_overrides(&mut config, settings);
-        Ok(Self { producer: config.create()?, source_topic: settings.topic.clone(), topic: topic.to_owned() })
+        Ok(Self { producer: config.create_with_context(QuietContext)?, source_topic: settings.topic.clone(), topic: topic.to_owned() })
     }
 
-    /// Publishes every letter and waits for all acknowledgements.
-    pub async fn send(&self, letters: &[DeadLetter]) -> Result<(), KafkaError> {
+    /// Publishes every letter and waits for all acknowledgements. The letters the topic did
+    /// not acknowledge come back in the error, in their original order, to be sent again.
+    pub async fn send(&self, letters: Vec<DeadLetter>) -> Result<(), Unsent> {
         let sends = letters.iter().map(|letter| {
             let (partition, offset) = (letter.partition.to_string(), letter.offset.to_string());
             let headers = OwnedHeaders::new()
@@ -60,10 +61,29 @@ impl DeadLetterQueue {
             }
             self.producer.send(record, Timeout::After(Duration::from_secs(10)))
         });
-        for result in join_all(sends).await {
-            result.map_err(|(error, _)| error)?;
+        let results = join_all(sends).await;
+        let sent = results.iter().filter(|result| result.is_ok()).count();
+        metrics::counter!("dead_letters_total").increment(sent as u64);
+        let mut first_error = None;
+        let mut unsent = Vec::new();
+        for (letter, result) in letters.into_iter().zip(results) {
+            if let Err((error, _)) = result {
+                first_error.get_or_insert(error);
+                unsent.push(letter);
+            }
         }
-        metrics::counter!("dead_letters_total").increment(letters.len() as u64);
-        Ok(())
+        match first_error {
+            None => Ok(()),
+            Some(error) => Err(Unsent { letters: unsent, error }),
+        }
     }
+}
+
+/// Letters the dead-letter topic did not acknowledge, and the first error seen.
+#[derive(Debug, thiserror::Error)]
+#[error("{} dead letters were not acknowledged", letters.len())]
+pub struct Unsent {
+    pub letters: Vec<DeadLetter>,
+    #[source]
+    pub error: KafkaError,
 }

@@ -6,6 +6,7 @@ pub mod allocation;
 pub mod context;
 pub mod dead_letters;
 pub mod control;
+pub mod gaps;
 pub mod offsets;
 pub mod pipeline;
 pub mod replay;
@@ -13,6 +14,8 @@ pub mod reservation;
 pub mod settings;
 pub mod startup;
 pub mod stats;
+pub mod stuck;
+pub mod supervision;
 pub mod worker_pool;
 
 pub use settings::Settings;

@@ -20,6 +20,8 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
-    Application::build(settings).await?.run_until_stopped().await;
+    // A task that ended unexpectedly is already logged with its cause; returning the error
+    // makes the exit status non-zero.
+    Application::build(settings).await?.run_until_stopped().await?;
     Ok(())
 }

@@ -3,17 +3,24 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use orderflow_common::errors::Chain;
+use orderflow_common::log_limit::{self, LogLimiter};
 use orderflow_common::order::{InvalidMessage, PlacedOrder, ValidOrder};
 
 use crate::context::OrderflowContext;
+use crate::control::Control;
 use crate::dead_letters::{DeadLetter, DeadLetterQueue};
+use crate::gaps::{self, Gaps};
 use crate::offsets::ProcessedOffsets;
 use crate::settings::BatchSettings;
 use crate::stats::Stats;
@@ -21,6 +28,20 @@ use crate::reservation::Applied;
 use crate::worker_pool::{Abandoned, WorkerPool};
 
 pub type OrderConsumer = StreamConsumer<OrderflowContext>;
+
+/// Why the batch loop stopped other than by shutdown. Either way the process must end: the
+/// loop cannot go on without its writer, nor with a Kafka client that is no longer usable.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("the batch writer task failed")]
+    Writer(#[source] JoinError),
+    #[error("fatal Kafka consumer error")]
+    Kafka(#[source] KafkaError),
+}
+
+static KAFKA_ERRORS: LogLimiter = LogLimiter::new(log_limit::EVERY);
+static COMMIT_ERRORS: LogLimiter = LogLimiter::new(log_limit::EVERY);
+static DEAD_LETTER_ERRORS: LogLimiter = LogLimiter::new(log_limit::EVERY);
 
 /// One message as read: where it came from, and the order or why there is none.
 struct Received {
@@ -35,9 +56,14 @@ pub struct Pipeline {
     pub workers: Arc<WorkerPool>,
     pub dead_letters: Arc<DeadLetterQueue>,
     pub offsets: Arc<ProcessedOffsets>,
+    pub gaps: Arc<Gaps>,
     pub stats: Arc<Stats>,
     pub settings: BatchSettings,
     pub topic: String,
+    pub control: Arc<Control>,
+    /// How long a write may take before fetching is paused and the consumer is polled
+    /// while it waits (see `wait_for_write`).
+    pub hold_after: Duration,
 }
 
 /// A batch being written while the next one is collected.
@@ -55,44 +81,58 @@ impl Pipeline {
     /// Two batches overlap: batch k is written while batch k+1 is fetched and parsed.
     /// Writes stay strictly sequential, so a partition's offset is committed only after
     /// every earlier message of it is in PostgreSQL.
-    pub async fn run(self, shutdown: CancellationToken, abandon: CancellationToken) {
-        let mut in_flight: Option<InFlight> = None;
-        loop {
-            let batch = if shutdown.is_cancelled() {
-                Vec::new()
-            } else {
-                self.collect(&shutdown, in_flight.is_some()).await
-            };
-            if let Some(previous) = in_flight.take() {
-                if self.finish(previous).await.is_err() {
-                    tracing::warn!("batch abandoned at shutdown; its offsets stay uncommitted and it will be redelivered");
-                    break;
-                }
-            }
-            if batch.is_empty() {
-                if shutdown.is_cancelled() {
-                    break;
-                }
-                continue;
-            }
-            in_flight = Some(self.start(batch, &abandon));
-        }
+    pub async fn run(self, shutdown: CancellationToken, abandon: CancellationToken) -> Result<(), PipelineError> {
+        let result = self.batches(&shutdown, &abandon).await;
+        // Also after a failure: every recorded offset is in PostgreSQL already, and
+        // committing it spares the next owner some redelivery.
         let done = self.offsets.to_commit(&self.topic, Some(&self.assigned()));
         if done.count() > 0 {
             match self.consumer.commit(&done, CommitMode::Sync) {
                 Ok(()) => tracing::info!(partitions = done.count(), "final offset commit done"),
-                Err(error) => tracing::warn!(%error, "final offset commit failed; redelivered orders are applied idempotently"),
+                Err(error) => tracing::warn!(error = %Chain(&error), "final offset commit failed; redelivered orders are applied idempotently"),
             }
         }
-        self.consumer.unsubscribe();
+        if let Err(PipelineError::Kafka(_)) = &result {
+            // librdkafka cannot close a client after a fatal error: destroying it waits for a
+            // group leave that never completes, and the process would hang on its way out
+            // instead of exiting. It is exiting anyway, so the client is leaked.
+            std::mem::forget(self.consumer.clone());
+        } else {
+            self.consumer.unsubscribe();
+        }
         tracing::info!("batch loop stopped");
+        result
+    }
+
+    async fn batches(&self, shutdown: &CancellationToken, abandon: &CancellationToken) -> Result<(), PipelineError> {
+        let mut in_flight: Option<InFlight> = None;
+        loop {
+            let mut batch = if shutdown.is_cancelled() {
+                Vec::new()
+            } else {
+                self.collect(shutdown, in_flight.is_some()).await?
+            };
+            if let Some(previous) = in_flight.take() {
+                if !self.finish(previous, &mut batch).await? {
+                    tracing::warn!("batch abandoned at shutdown; its offsets stay uncommitted and it will be redelivered");
+                    return Ok(());
+                }
+            }
+            if batch.is_empty() {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                continue;
+            }
+            in_flight = Some(self.start(batch, abandon));
+        }
     }
 
     /// Waits for a first message, then gathers more until the batch is full or
     /// `max_wait` has passed. Shutdown ends the wait with whatever is in hand. With a batch
     /// in flight, an idle wait also ends after `max_wait`, so that batch's offsets are
     /// committed without waiting for more traffic.
-    async fn collect(&self, shutdown: &CancellationToken, batch_in_flight: bool) -> Vec<Received> {
+    async fn collect(&self, shutdown: &CancellationToken, batch_in_flight: bool) -> Result<Vec<Received>, PipelineError> {
         let max = self.settings.max_messages as usize;
         let mut batch = Vec::with_capacity(max.min(10_000));
         let mut deadline = batch_in_flight.then(|| Instant::now() + self.settings.max_wait());
@@ -105,24 +145,25 @@ impl Pipeline {
                     if deadline.is_some() { break }
                     continue
                 }
-                message = self.consumer.recv() => message,
+                message = self.consumer.recv() => match message {
+                    // A partition whose next offset was deleted: not a consumer error to log
+                    // and forget, but a gap (see gaps.rs).
+                    Err(error) if gaps::is_offset_reset(&error) => {
+                        self.gaps.signal();
+                        continue
+                    }
+                    message => message,
+                },
             };
             match message {
                 Ok(message) => {
-                    let order = PlacedOrder::from_payload(message.payload()).map_err(|error: InvalidMessage| DeadLetter {
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        payload: message.payload().map(<[u8]>::to_vec),
-                        error: error.to_string(),
-                    });
-                    batch.push(Received { partition: message.partition(), offset: message.offset(), order });
+                    batch.push(Received::from(&message));
                     deadline.get_or_insert_with(|| Instant::now() + self.settings.max_wait());
                 }
-                Err(error) => tracing::warn!(%error, "kafka consumer error"),
+                Err(error) => consumer_error(error)?,
             }
         }
-        batch
+        Ok(batch)
     }
 
     fn start(&self, batch: Vec<Received>, abandon: &CancellationToken) -> InFlight {
@@ -145,20 +186,19 @@ impl Pipeline {
         let (workers, dead_letters, abandon) = (self.workers.clone(), self.dead_letters.clone(), abandon.clone());
         let write = tokio::spawn(async move {
             let (applied, dead_lettered) =
-                tokio::join!(workers.write(&orders, &abandon), send_dead_letters(&dead_letters, &letters, &abandon));
+                tokio::join!(workers.write(&orders, &abandon), send_dead_letters(&dead_letters, letters, &abandon));
             dead_lettered?;
             applied
         });
         InFlight { write, positions, failed, started }
     }
 
-    async fn finish(&self, in_flight: InFlight) -> Result<(), Abandoned> {
-        let applied = match in_flight.write.await {
-            Ok(result) => result?,
-            Err(error) => {
-                tracing::error!(%error, "batch writer task failed");
-                return Err(Abandoned);
-            }
+    /// Waits for the batch in flight, then records and commits its offsets. `Ok(false)`: it
+    /// was abandoned at shutdown. Messages polled meanwhile join `next`.
+    async fn finish(&self, mut in_flight: InFlight, next: &mut Vec<Received>) -> Result<bool, PipelineError> {
+        let applied = match self.wait_for_write(&mut in_flight.write, next).await? {
+            Ok(applied) => applied,
+            Err(Abandoned) => return Ok(false),
         };
         // A partition revoked while this batch was written belongs to another member now:
         // its offsets are that member's to commit, and it re-applies these orders idempotently.
@@ -171,7 +211,9 @@ impl Pipeline {
         let commit = self.offsets.to_commit(&self.topic, Some(&assigned));
         if commit.count() > 0 {
             if let Err(error) = self.consumer.commit(&commit, CommitMode::Async) {
-                tracing::warn!(%error, "could not queue the offset commit; retried after the next batch");
+                if let Some(suppressed) = COMMIT_ERRORS.allow(&kind(&error)) {
+                    tracing::warn!(error = %Chain(&error), suppressed, "could not queue the offset commit; retried after the next batch");
+                }
             }
         }
         let size = in_flight.positions.len();
@@ -185,7 +227,67 @@ impl Pipeline {
             elapsed_ms = in_flight.started.elapsed().as_millis() as u64,
             "batch committed"
         );
-        Ok(())
+        Ok(true)
+    }
+
+    /// Waits for the write of the batch in flight. A write can take minutes (the database
+    /// down, a row lock held, a permanent error), and the loop polls Kafka only between
+    /// batches: librdkafka leaves the group when the application has not polled for
+    /// `max.poll.interval.ms`, and the partitions would move to a member that hits the same
+    /// wall. So once the write has taken `hold_after`, every assigned partition is paused
+    /// and the consumer is polled regularly, which keeps this member in the group and runs
+    /// rebalance callbacks. A message already fetched before the pause joins `next`:
+    /// dropping it would let a later offset commit skip it.
+    async fn wait_for_write(
+        &self,
+        write: &mut JoinHandle<Result<Applied, Abandoned>>,
+        next: &mut Vec<Received>,
+    ) -> Result<Result<Applied, Abandoned>, PipelineError> {
+        let poll_every = self.hold_after.min(Duration::from_secs(1));
+        let mut wake = Instant::now() + self.hold_after;
+        let mut held = false;
+        let result = loop {
+            tokio::select! {
+                biased;
+                result = &mut *write => break result,
+                // Before `recv`: if messages kept coming (an operator resumed meanwhile), the
+                // tick must still get its turn to pause again.
+                _ = tokio::time::sleep_until(wake) => {
+                    if !held {
+                        held = true;
+                        tracing::warn!(waited_ms = self.hold_after.as_millis() as u64, "batch write is slow; fetching paused, polling on to stay in the group");
+                    }
+                    // Again at every tick: partitions assigned meanwhile must not fetch either.
+                    self.set_fetching(false);
+                    wake = Instant::now() + poll_every;
+                }
+                message = self.consumer.recv(), if held => match message {
+                    Ok(message) => next.push(Received::from(&message)),
+                    Err(error) => consumer_error(error)?,
+                },
+            }
+        };
+        if held {
+            // An operator's pause outlives ours.
+            if !self.control.is_paused() {
+                self.set_fetching(true);
+            }
+            tracing::info!(buffered = next.len(), "batch write finished; fetching resumed");
+        }
+        result.map_err(PipelineError::Writer)
+    }
+
+    fn set_fetching(&self, fetching: bool) {
+        let result = self.consumer.assignment().and_then(|assigned| {
+            if fetching {
+                self.consumer.resume(&assigned)
+            } else {
+                self.consumer.pause(&assigned)
+            }
+        });
+        if let Err(error) = result {
+            tracing::error!(error = %Chain(&error), fetching, "could not change fetching of the assigned partitions");
+        }
     }
 
     fn assigned(&self) -> Vec<i32> {
@@ -208,20 +310,57 @@ impl Pipeline {
     }
 }
 
-/// Retries until the dead-letter topic took every letter: an invalid message's offset is
-/// committed only once it is safe in `orders-dlq`.
-async fn send_dead_letters(queue: &DeadLetterQueue, letters: &[DeadLetter], abandon: &CancellationToken) -> Result<(), Abandoned> {
-    if letters.is_empty() {
-        return Ok(());
+impl From<&BorrowedMessage<'_>> for Received {
+    fn from(message: &BorrowedMessage<'_>) -> Self {
+        let order = PlacedOrder::from_payload(message.payload()).map_err(|error: InvalidMessage| DeadLetter {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            error: error.to_string(),
+        });
+        Self { partition: message.partition(), offset: message.offset(), order }
     }
-    loop {
-        match queue.send(letters).await {
+}
+
+/// A consumer error from `recv()`. Most pass by themselves (the broker is down, a
+/// partition leader moved) and are logged, rate-limited. A fatal one means the client is no
+/// longer usable: the loop ends and so does the process, to be restarted clean.
+fn consumer_error(error: KafkaError) -> Result<(), PipelineError> {
+    let code = kind(&error);
+    metrics::counter!("kafka_consumer_errors_total", "code" => code.clone()).increment(1);
+    if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
+        return Err(PipelineError::Kafka(error));
+    }
+    if let Some(suppressed) = KAFKA_ERRORS.allow(&code) {
+        tracing::warn!(error = %Chain(&error), suppressed, "kafka consumer error");
+    }
+    Ok(())
+}
+
+/// The kind of a Kafka error, for rate limiting and metric labels: librdkafka's code name.
+fn kind(error: &KafkaError) -> String {
+    error.rdkafka_error_code().map_or_else(|| "Other".to_owned(), |code| format!("{code:?}"))
+}
+
+/// Retries until the dead-letter topic took every letter: an invalid message's offset is
+/// committed only once it is safe in `orders-dlq`. Only the letters not acknowledged are
+/// sent again; resending the whole batch duplicated the ones that had gone through.
+async fn send_dead_letters(queue: &DeadLetterQueue, letters: Vec<DeadLetter>, abandon: &CancellationToken) -> Result<(), Abandoned> {
+    let mut pending = letters;
+    while !pending.is_empty() {
+        let unsent = match queue.send(pending).await {
             Ok(()) => return Ok(()),
-            Err(error) => tracing::error!(%error, letters = letters.len(), "dead-letter topic did not take the messages; retrying"),
+            Err(unsent) => unsent,
+        };
+        if let Some(suppressed) = DEAD_LETTER_ERRORS.allow(&kind(&unsent.error)) {
+            tracing::error!(error = %Chain(&unsent), letters = unsent.letters.len(), suppressed, "dead-letter topic did not take the messages; retrying");
         }
+        pending = unsent.letters;
         tokio::select! {
             _ = abandon.cancelled() => return Err(Abandoned),
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
     }
+    Ok(())
 }

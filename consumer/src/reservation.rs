@@ -24,8 +24,54 @@ pub enum ReserveError {
     ConcurrentlyApplied(usize),
     #[error("no database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
-    Database(tokio_postgres::Error),
+    #[error("database error")]
+    Database(#[source] tokio_postgres::Error),
+}
+
+/// How a failed attempt is retried. The batch is never dropped: only how fast and how
+/// loudly it is retried differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Another transaction got there first: retry soon.
+    Conflict,
+    /// The database is unreachable, overloaded, restarting or cancelled us: retry with
+    /// backoff; it passes by itself.
+    Transient,
+    /// The same statement will fail the same way until someone changes the schema or the
+    /// data (a CHECK violation, an undefined column): loud, and retried slowly.
+    Permanent,
+}
+
+impl ReserveError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::LockConflict | Self::ConcurrentlyApplied(_) => ErrorClass::Conflict,
+            Self::Pool(_) | Self::Database(_) => match self.sqlstate() {
+                Some(code) => classify(code),
+                // No SQLSTATE: I/O, a closed connection, a pool or connect timeout. (Rows are
+                // read with `Row::get`, so a decoding mismatch panics instead of landing here.)
+                None => ErrorClass::Transient,
+            },
+        }
+    }
+
+    pub fn sqlstate(&self) -> Option<&SqlState> {
+        orderflow_common::errors::sqlstate(self)
+    }
+}
+
+/// Transient SQLSTATE classes: 08 connection exception, 40 transaction rollback
+/// (serialization failure, deadlock), 53 insufficient resources, 57 operator intervention
+/// (admin shutdown, cannot connect now, query cancelled); 55P03 is a lock conflict. Anything
+/// else is taken as permanent: retrying it quickly would only repeat it.
+pub fn classify(code: &SqlState) -> ErrorClass {
+    if *code == SqlState::LOCK_NOT_AVAILABLE {
+        return ErrorClass::Conflict;
+    }
+    match code.code().get(..2) {
+        Some("08" | "40" | "53" | "57") => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
 }
 
 impl From<tokio_postgres::Error> for ReserveError {
@@ -168,4 +214,27 @@ async fn take_stock(
     let updated = transaction.execute(&update, &[&products, &taken]).await?;
     debug_assert_eq!(updated, products.len() as u64, "every locked row is updated");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_classes_are_retried_quickly() {
+        for (code, class) in [
+            (SqlState::ADMIN_SHUTDOWN, ErrorClass::Transient),
+            (SqlState::CONNECTION_FAILURE, ErrorClass::Transient),
+            (SqlState::T_R_SERIALIZATION_FAILURE, ErrorClass::Transient),
+            (SqlState::T_R_DEADLOCK_DETECTED, ErrorClass::Transient),
+            (SqlState::TOO_MANY_CONNECTIONS, ErrorClass::Transient),
+            (SqlState::LOCK_NOT_AVAILABLE, ErrorClass::Conflict),
+            (SqlState::CHECK_VIOLATION, ErrorClass::Permanent),
+            (SqlState::UNDEFINED_COLUMN, ErrorClass::Permanent),
+            (SqlState::UNDEFINED_TABLE, ErrorClass::Permanent),
+            (SqlState::NUMERIC_VALUE_OUT_OF_RANGE, ErrorClass::Permanent),
+        ] {
+            assert_eq!(classify(&code), class, "{}", code.code());
+        }
+    }
 }

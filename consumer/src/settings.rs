@@ -45,7 +45,7 @@ pub struct Settings {
     /// Topic for messages that cannot become orders.
     #[arg(long = "dead-letter-topic", env = "DEAD_LETTER_TOPIC", default_value = orderflow_common::DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: String,
-    /// Bearer token for POST /pause and /resume; unset disables them.
+    /// Bearer token for POST /pause, /resume and /gaps/{partition}/acknowledge; unset disables them.
     #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 }
@@ -62,6 +62,11 @@ pub struct GroupSettings {
     /// crashed consumer's partitions wait this long before another member takes them.
     #[arg(long = "session-timeout-ms", env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u64,
+    /// librdkafka max.poll.interval.ms: a member that does not poll for this long leaves the
+    /// group. A batch write slower than a tenth of it pauses fetching and polls on while it
+    /// waits, so a stuck batch keeps its partitions.
+    #[arg(long = "max-poll-interval-ms", env = "KAFKA_MAX_POLL_INTERVAL_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub max_poll_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -85,6 +90,10 @@ pub struct BatchSettings {
     /// stay uncommitted, so it is redelivered).
     #[arg(long = "drain-timeout-ms", env = "DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
     pub drain_timeout_ms: u64,
+    /// How often a batch stuck on a permanent database error (a CHECK violation, a missing
+    /// column) is retried. It is never dropped: it goes through once the cause is fixed.
+    #[arg(long = "permanent-error-retry-ms", env = "PERMANENT_ERROR_RETRY_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub permanent_retry_ms: u64,
 }
 
 impl BatchSettings {
@@ -95,17 +104,40 @@ impl BatchSettings {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }
+
+    pub fn permanent_retry(&self) -> Duration {
+        Duration::from_millis(self.permanent_retry_ms)
+    }
+}
+
+impl GroupSettings {
+    /// See `Pipeline::wait_for_write`: well inside max.poll.interval.ms.
+    pub fn hold_after(&self) -> Duration {
+        Duration::from_millis(self.max_poll_interval_ms / 10)
+    }
 }
 
 impl Default for GroupSettings {
     fn default() -> Self {
-        Self { group_id: "orderflow-consumer".into(), protocol: "classic".into(), session_timeout_ms: 10_000 }
+        Self {
+            group_id: "orderflow-consumer".into(),
+            protocol: "classic".into(),
+            session_timeout_ms: 10_000,
+            max_poll_interval_ms: 300_000,
+        }
     }
 }
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        Self { max_messages: 10_000, max_wait_ms: 20, fetch_wait_max_ms: 10, workers: 4, drain_timeout_ms: 20_000 }
+        Self {
+            max_messages: 10_000,
+            max_wait_ms: 20,
+            fetch_wait_max_ms: 10,
+            workers: 4,
+            drain_timeout_ms: 20_000,
+            permanent_retry_ms: 10_000,
+        }
     }
 }
 

@@ -5,13 +5,14 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
+use futures::FutureExt;
 use rdkafka::consumer::Consumer;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use orderflow_common::db::{self, DbError};
+use orderflow_common::errors::Chain;
 use orderflow_common::kafka;
 use orderflow_common::shutdown::termination_signal;
 
@@ -19,11 +20,14 @@ use crate::admin::{self, AdminState};
 use crate::context::OrderflowContext;
 use crate::dead_letters::DeadLetterQueue;
 use crate::control::Control;
+use crate::gaps::Gaps;
 use orderflow_common::admin_auth::AdminToken;
 use crate::offsets::ProcessedOffsets;
 use crate::pipeline::{OrderConsumer, Pipeline};
 use crate::settings::Settings;
 use crate::stats::Stats;
+use crate::stuck::StuckWrites;
+use crate::supervision::{BoxError, RunError, Watched};
 use crate::worker_pool::WorkerPool;
 
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
@@ -41,10 +45,15 @@ pub enum StartupError {
 pub struct Application {
     admin_port: u16,
     admin: Server,
-    pipeline: JoinHandle<()>,
+    /// The batch loop, with the drain timer that abandons its last batch inside the same
+    /// task: one task to watch, and the timer cannot die on its own.
+    pipeline: Watched,
+    gap_watcher: Watched,
+    reporter: Watched,
     shutdown: CancellationToken,
     drain_timeout: Duration,
     stats: Arc<Stats>,
+    consumer: Arc<OrderConsumer>,
 }
 
 impl Application {
@@ -54,7 +63,9 @@ impl Application {
 
         let offsets = Arc::new(ProcessedOffsets::default());
         let control = Arc::new(Control::default());
-        let consumer = Arc::new(create_consumer(&settings, offsets.clone(), control.clone())?);
+        let gaps = Arc::new(Gaps::new(settings.kafka.topic.clone()));
+        let consumer = Arc::new(create_consumer(&settings, offsets.clone(), control.clone(), gaps.clone())?);
+        let stuck = Arc::new(StuckWrites::default());
         consumer.subscribe(&[&settings.kafka.topic])?;
 
         let stats = Arc::new(Stats::default());
@@ -62,7 +73,10 @@ impl Application {
         let listener = TcpListener::bind(settings.admin_listen).map_err(listen)?;
         let admin_port = listener.local_addr().map_err(listen)?.port();
         let state = web::Data::new(AdminState {
-            control,
+            control: control.clone(),
+            gaps: gaps.clone(),
+            offsets: offsets.clone(),
+            stuck: stuck.clone(),
             token: AdminToken::new(settings.admin_token.clone()),
             consumer: consumer.clone(),
             pool: pool.clone(),
@@ -71,6 +85,8 @@ impl Application {
             started: Instant::now(),
             metrics: orderflow_common::metrics::install(),
         });
+        // Exported from the start, so "not stuck" is a series and not an absence.
+        metrics::gauge!("consumer_writes_stuck").set(0.0);
         let admin = HttpServer::new(move || App::new().app_data(state.clone()).configure(admin::routes))
             .workers(1)
             .disable_signals()
@@ -80,20 +96,34 @@ impl Application {
 
         let pipeline = Pipeline {
             dead_letters: Arc::new(DeadLetterQueue::new(&settings.kafka, &settings.dead_letter_topic)?),
-            consumer,
-            workers: Arc::new(WorkerPool::new(pool, settings.batch.workers as usize, stats.clone())),
+            consumer: consumer.clone(),
+            workers: Arc::new(
+                WorkerPool::new(pool, settings.batch.workers as usize, stats.clone())
+                    .with_permanent_errors(stuck, settings.batch.permanent_retry()),
+            ),
             offsets,
+            gaps: gaps.clone(),
             stats: stats.clone(),
             settings: settings.batch.clone(),
             topic: settings.kafka.topic.clone(),
+            control,
+            hold_after: settings.group.hold_after(),
         };
         let shutdown = CancellationToken::new();
-        let abandon = CancellationToken::new();
-        let pipeline = tokio::spawn(pipeline.run(shutdown.clone(), abandon.clone()));
+        let gap_watcher = Watched::new(
+            "gap watcher",
+            tokio::spawn(gaps.clone().watch(pipeline.consumer.clone(), pipeline.control.clone(), shutdown.clone()).map(Ok)),
+        );
         let drain_timeout = settings.batch.drain_timeout();
-        spawn_abandon_timer(shutdown.clone(), abandon, drain_timeout);
+        let pipeline = Watched::new("batch loop", tokio::spawn(run_pipeline(pipeline, shutdown.clone(), drain_timeout)));
         let reporter = stats.clone();
-        tokio::spawn(async move { reporter.report_every(STATS_INTERVAL).await });
+        let reporter = Watched::new(
+            "stats reporter",
+            tokio::spawn(async move {
+                reporter.report_every(STATS_INTERVAL).await;
+                Ok(())
+            }),
+        );
 
         tracing::info!(
             admin_port,
@@ -103,7 +133,7 @@ impl Application {
             batch_size = settings.batch.max_messages,
             "consumer started"
         );
-        Ok(Self { admin_port, admin, pipeline, shutdown, drain_timeout, stats })
+        Ok(Self { admin_port, admin, pipeline, gap_watcher, reporter, shutdown, drain_timeout, stats, consumer })
     }
 
     pub fn admin_port(&self) -> u16 {
@@ -119,24 +149,82 @@ impl Application {
         self.shutdown.clone()
     }
 
+    /// Test hook, not for production code: the Kafka consumer, so a test can inject
+    /// librdkafka's own faults (`rd_kafka_test_fatal_error`) into the real batch loop.
+    #[doc(hidden)]
+    pub fn kafka_consumer(&self) -> Arc<OrderConsumer> {
+        self.consumer.clone()
+    }
+
     /// Runs until SIGTERM, Ctrl-C or the shutdown token; then stops fetching, finishes the
     /// batch in hand, commits its offsets and stops the admin server.
-    pub async fn run_until_stopped(self) {
-        let admin: ServerHandle = self.admin.handle();
-        let admin_task = tokio::spawn(self.admin);
-        tokio::select! {
-            _ = self.shutdown.cancelled() => {}
+    ///
+    /// If the batch loop, the gap watcher, the admin server or the stats reporter ends first, that is a
+    /// failure: the others are shut down the same way and the error names the task and why,
+    /// so that `main` exits non-zero and the orchestrator restarts a consumer that would
+    /// otherwise answer /health while consuming nothing.
+    pub async fn run_until_stopped(self) -> Result<(), RunError> {
+        let Self { admin, mut pipeline, mut gap_watcher, mut reporter, shutdown, drain_timeout, .. } = self;
+        let admin_handle = admin.handle();
+        let mut admin = Watched::new("admin server", tokio::spawn(async move { admin.await.map_err(BoxError::from) }));
+        // Biased: the gap watcher returns as soon as it sees the token, so at shutdown both
+        // arms can be ready, and only the token says the stop was asked for.
+        let mut failure = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => None,
             _ = termination_signal() => {
-                tracing::info!(drain_timeout_ms = self.drain_timeout.as_millis() as u64, "shutdown requested");
-                self.shutdown.cancel();
+                tracing::info!(drain_timeout_ms = drain_timeout.as_millis() as u64, "shutdown requested");
+                None
+            }
+            exit = pipeline.exited() => RunError::from_exit("batch loop", exit, false),
+            exit = admin.exited() => RunError::from_exit("admin server", exit, false),
+            exit = gap_watcher.exited() => RunError::from_exit("gap watcher", exit, false),
+            exit = reporter.exited() => RunError::from_exit("stats reporter", exit, false),
+        };
+        if let Some(error) = &failure {
+            tracing::error!(error = %Chain(error), "a consumer task ended unexpectedly; shutting down");
+        }
+        shutdown.cancel();
+        if pipeline.is_running() {
+            if let Some(error) = RunError::from_exit(pipeline.name, pipeline.exited().await, true) {
+                tracing::error!(error = %Chain(&error), "batch loop failed during shutdown");
+                failure.get_or_insert(error);
             }
         }
-        if let Err(error) = self.pipeline.await {
-            tracing::error!(%error, "batch loop ended abnormally");
+        reporter.abort();
+        gap_watcher.abort();
+        admin_handle.stop(true).await;
+        if admin.is_running() {
+            if let Some(error) = RunError::from_exit(admin.name, admin.exited().await, true) {
+                failure.get_or_insert(error);
+            }
         }
-        admin.stop(true).await;
-        let _ = admin_task.await;
-        tracing::info!("consumer stopped");
+        match failure {
+            Some(error) => Err(error),
+            None => {
+                tracing::info!("consumer stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The batch loop, plus the drain deadline: once shutdown starts, the batch in hand has
+/// `drain_timeout` before it is abandoned (uncommitted, so redelivered).
+async fn run_pipeline(pipeline: Pipeline, shutdown: CancellationToken, drain_timeout: Duration) -> Result<(), BoxError> {
+    let abandon = CancellationToken::new();
+    let timer = {
+        let (shutdown, abandon) = (shutdown.clone(), abandon.clone());
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain_timeout).await;
+            abandon.cancel();
+            std::future::pending::<std::convert::Infallible>().await
+        }
+    };
+    tokio::select! {
+        result = pipeline.run(shutdown, abandon) => result.map_err(BoxError::from),
+        never = timer => match never {},
     }
 }
 
@@ -144,6 +232,7 @@ fn create_consumer(
     settings: &Settings,
     offsets: Arc<ProcessedOffsets>,
     control: Arc<Control>,
+    gaps: Arc<Gaps>,
 ) -> Result<OrderConsumer, rdkafka::error::KafkaError> {
     let mut config = kafka::client_config(&settings.kafka);
     config
@@ -152,16 +241,21 @@ fn create_consumer(
         // Offsets are committed by hand, only after the database commit.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        // A new group must start from the beginning: orders accepted before the first
-        // consumer started are still orders.
-        .set("auto.offset.reset", "earliest")
+        // Never skip offsets silently: a start offset that is no longer in the log (deleted
+        // by retention before it was consumed) stops its partition with an error, and
+        // gaps.rs reports it until an operator acknowledges it. A new group's partition
+        // whose log still starts at 0 is started at 0 there: orders accepted before the
+        // first consumer started are still orders.
+        .set("auto.offset.reset", "error")
         // Bounds the prefetch buffer, and so the consumer's memory.
         .set("queued.max.messages.kbytes", "32768")
         // The dev broker parks a fetch for this long even when data arrives, so it bounds
         // latency directly: 100 ms gave p99 139 ms at half load, 10 ms gave 61 ms.
         .set("fetch.wait.max.ms", settings.batch.fetch_wait_max_ms.to_string())
         // Feeds the consumer_lag gauges (see context.rs).
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // Set here so that the batch loop knows it (see `GroupSettings::hold_after`).
+        .set("max.poll.interval.ms", settings.group.max_poll_interval_ms.to_string());
     if settings.group.protocol == "classic" {
         config
             .set("session.timeout.ms", settings.group.session_timeout_ms.to_string())
@@ -170,13 +264,5 @@ fn create_consumer(
             .set("partition.assignment.strategy", "cooperative-sticky");
     }
     kafka::apply_overrides(&mut config, &settings.kafka);
-    config.create_with_context(OrderflowContext { topic: settings.kafka.topic.clone(), offsets, control })
-}
-
-fn spawn_abandon_timer(shutdown: CancellationToken, abandon: CancellationToken, drain_timeout: Duration) {
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        tokio::time::sleep(drain_timeout).await;
-        abandon.cancel();
-    });
+    config.create_with_context(OrderflowContext { topic: settings.kafka.topic.clone(), offsets, control, gaps })
 }

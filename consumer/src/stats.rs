@@ -101,6 +101,12 @@ impl Stats {
         metrics::counter!("transaction_retries_total", "cause" => "database_error").increment(1);
     }
 
+    /// A permanent error: counted with the database errors in the totals, and by SQLSTATE.
+    pub fn record_permanent_error(&self, sqlstate: &str) {
+        self.database_errors.fetch_add(1, Relaxed);
+        metrics::counter!("consumer_permanent_errors_total", "sqlstate" => sqlstate.to_owned()).increment(1);
+    }
+
     /// The last batches, newest first.
     pub fn recent_batches(&self) -> Vec<BatchRecord> {
         self.recent.lock().expect("recent batches lock poisoned").iter().rev().cloned().collect()

@@ -13,8 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use orderflow_common::order::ValidOrder;
 
-use crate::reservation::{reserve, Applied, ReserveError};
+use orderflow_common::errors::Chain;
+use orderflow_common::log_limit::{self, LogLimiter};
+
+use crate::reservation::{reserve, Applied, ErrorClass};
 use crate::stats::Stats;
+use crate::stuck::StuckWrites;
 
 /// The batch was given up at shutdown; parts may have committed, none of its offsets are.
 #[derive(Debug, thiserror::Error)]
@@ -25,15 +29,28 @@ pub struct WorkerPool {
     pool: Pool,
     workers: usize,
     stats: Arc<Stats>,
+    stuck: Arc<StuckWrites>,
+    permanent_retry: Duration,
 }
+
+/// Transient retries: one warning per SQLSTATE (or "connection") per 10 s.
+static TRANSIENT_LOGS: LogLimiter = LogLimiter::new(log_limit::EVERY);
+/// Permanent errors: an ERROR on about every slow retry, but never more than one per 10 s.
+static PERMANENT_LOGS: LogLimiter = LogLimiter::new(log_limit::EVERY);
 
 impl WorkerPool {
     pub fn new(pool: Pool, workers: usize, stats: Arc<Stats>) -> Self {
-        Self { pool, workers: workers.max(1), stats }
+        let permanent_retry = Duration::from_millis(crate::settings::BatchSettings::default().permanent_retry_ms);
+        Self { pool, workers: workers.max(1), stats, stuck: Arc::default(), permanent_retry }
+    }
+
+    /// Where permanent errors are reported (for /ready), and how often they are retried.
+    pub fn with_permanent_errors(self, stuck: Arc<StuckWrites>, permanent_retry: Duration) -> Self {
+        Self { stuck, permanent_retry, ..self }
     }
 
     /// Writes every order. Returns only when all parts committed, or with `Abandoned` once
-    /// `abandon` fires; lock conflicts and database errors are retried, never dropped.
+    /// `abandon` fires; no error drops an order, they differ only in how they are retried.
     pub async fn write(&self, orders: &[ValidOrder], abandon: &CancellationToken) -> Result<Applied, Abandoned> {
         let unique = unique_by_order_id(orders);
         let parts = split_by_product(&unique, self.workers);
@@ -48,23 +65,54 @@ impl WorkerPool {
     async fn write_part(&self, orders: &[&ValidOrder], abandon: &CancellationToken) -> Result<Applied, Abandoned> {
         let mut attempt = 0_u32;
         let mut conflicts = 0;
+        // Set while this part is stuck on a permanent error; dropped when it gets through.
+        let mut stuck = None;
         loop {
             let error = match reserve(&self.pool, orders).await {
-                Ok(applied) => return Ok(Applied { lock_conflicts: conflicts, ..applied }),
+                Ok(applied) => {
+                    if stuck.is_some() {
+                        tracing::info!(attempt, orders = orders.len(), "reservation went through after permanent errors");
+                    }
+                    return Ok(Applied { lock_conflicts: conflicts, ..applied });
+                }
                 Err(error) => error,
             };
             attempt += 1;
-            let pause = match &error {
-                ReserveError::LockConflict | ReserveError::ConcurrentlyApplied(_) => {
+            let pause = match error.class() {
+                ErrorClass::Conflict => {
                     conflicts += 1;
                     self.stats.record_lock_conflict();
                     tracing::debug!(attempt, %error, "retrying after conflict");
                     backoff(attempt, Duration::from_millis(2), Duration::from_millis(250))
                 }
-                ReserveError::Pool(_) | ReserveError::Database(_) => {
+                ErrorClass::Transient => {
                     self.stats.record_database_error();
-                    tracing::warn!(attempt, %error, orders = orders.len(), "reservation failed, retrying");
+                    let kind = error.sqlstate().map_or("connection", |code| code.code());
+                    if let Some(suppressed) = TRANSIENT_LOGS.allow(kind) {
+                        tracing::warn!(attempt, error = %Chain(&error), orders = orders.len(), suppressed, "reservation failed, retrying");
+                    }
                     backoff(attempt, Duration::from_millis(100), Duration::from_secs(5))
+                }
+                ErrorClass::Permanent => {
+                    // The part keeps its orders: the offsets of this batch are not committed,
+                    // so nothing behind it is skipped, and fixing the schema or constraint
+                    // lets it continue by itself.
+                    let sqlstate = error.sqlstate().map_or("none", |code| code.code()).to_owned();
+                    stuck.get_or_insert_with(|| self.stuck.enter());
+                    self.stuck.report(Chain(&error).to_string(), &sqlstate, orders.len());
+                    self.stats.record_permanent_error(&sqlstate);
+                    if let Some(suppressed) = PERMANENT_LOGS.allow(&sqlstate) {
+                        tracing::error!(
+                            attempt,
+                            error = %Chain(&error),
+                            sqlstate,
+                            orders = orders.len(),
+                            retry_in_ms = self.permanent_retry.as_millis() as u64,
+                            suppressed,
+                            "reservation failed with a permanent error; the batch waits and is retried slowly"
+                        );
+                    }
+                    self.permanent_retry
                 }
             };
             tokio::select! {

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use orderflow_common::admin_auth::AdminAuthError;
 use orderflow_common::db::DbError;
+use orderflow_common::errors::Chain;
 use orderflow_common::order::FieldError;
 
 use crate::publisher::PublishError;
@@ -96,8 +97,8 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         match self {
             // The cause goes to the log, not to the client.
-            Self::Unavailable(cause) => tracing::warn!(error = %cause, "publish failed"),
-            Self::Database(cause) => tracing::warn!(error = %cause, "database request failed"),
+            Self::Unavailable(cause) => tracing::warn!(error = %Chain(cause), "publish failed"),
+            Self::Database(cause) => tracing::warn!(error = %Chain(cause), "database request failed"),
             Self::RateLimited { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }

@@ -13,6 +13,8 @@ use tokio_postgres::types::Json;
 
 use orderflow_common::order::{NewOrder, PlacedOrder};
 
+use orderflow_common::errors::Chain;
+
 use crate::error::ApiError;
 use crate::publisher::OrderPublisher;
 
@@ -67,7 +69,7 @@ pub async fn publish(
         // If this fails the key stays pending, and a retry re-publishes the same order ids:
         // harmless, so the client still gets its 202.
         if let Err(error) = mark_accepted(pool, key).await {
-            tracing::warn!(%error, "could not mark idempotency key accepted");
+            tracing::warn!(error = %Chain(&error), "could not mark idempotency key accepted");
         }
     }
     Ok(Published { orders, replayed })
@@ -83,9 +85,15 @@ async fn mark_accepted(pool: &Pool, key: &str) -> Result<(), ApiError> {
 
 fn validate_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::BadRequest(format!("{HEADER} must be 1 to 255 visible ASCII characters")));
+        return Err(invalid_key());
     }
     Ok(())
+}
+
+/// The 400 for a key outside 1 to 255 bytes of 0x21-0x7E. Such a key is refused, never
+/// ignored: a request treated as keyless would make every retry a new order.
+pub fn invalid_key() -> ApiError {
+    ApiError::BadRequest(format!("{HEADER} must be 1 to 255 visible ASCII characters"))
 }
 
 /// The request's identity: route plus the validated orders (so whitespace and field order
@@ -117,7 +125,7 @@ pub fn spawn_expiry(pool: Pool, ttl: Duration) {
             {
                 Ok(deleted) if deleted > 0 => tracing::info!(deleted, "expired idempotency keys"),
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "idempotency key expiry failed"),
+                Err(error) => tracing::warn!(error = %Chain(&error), "idempotency key expiry failed"),
             }
         }
     });

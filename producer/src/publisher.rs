@@ -74,7 +74,17 @@ impl PendingAcks {
 /// Routes each delivery report to the request that sent the message.
 struct AckRouter;
 
-impl ClientContext for AckRouter {}
+/// librdkafka's log lines and errors, rate-limited: with the broker down they repeat many
+/// times a second.
+impl ClientContext for AckRouter {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, text: &str) {
+        orderflow_common::kafka::log_librdkafka(level, facility, text);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        orderflow_common::kafka::log_librdkafka_error(&error, reason);
+    }
+}
 
 impl ProducerContext for AckRouter {
     type DeliveryOpaque = Arc<PendingAcks>;

@@ -4,6 +4,8 @@ use serde_json::json;
 
 use orderflow_consumer::dead_letters::{HEADER_ERROR, HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC};
 
+use orderflow_common::testing::eventually;
+
 use crate::support::{message, placed_order, read_topic, Stack};
 
 /// A broken client writing straight to the topic: garbage, wrong JSON and schema-invalid
@@ -72,5 +74,38 @@ async fn dead_letters_are_replayed_once_their_cause_is_fixed() {
     let consumer = stack.start_consumer(|_| {}).await;
     stack.wait_for_orders(3, Duration::from_secs(30)).await;
     assert_eq!(stack.status_counts("PROD008").await, (3, 0, 0));
+    consumer.stop().await;
+}
+
+/// A letter the dead-letter topic cannot take (larger than its producer's message.max.bytes)
+/// is retried every second; the letters of the same batch that went through are not sent
+/// again with it. Resending the whole batch put a copy of them in orders-dlq per retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_retry_resends_only_the_letters_that_failed() {
+    use orderflow_common::testing::topic_message_count;
+    let stack = Stack::start(1).await;
+    // The orders topic takes what the dead-letter producer (1 MB limit) will refuse.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stack.broker.bootstrap_servers())
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    let messages = vec![
+        ("K".to_owned(), b"not json 1".to_vec()),
+        ("K".to_owned(), vec![b'x'; 1_500_000]),
+        ("K".to_owned(), b"not json 2".to_vec()),
+    ];
+    stack.publish_raw(&producer, &messages).await;
+
+    let consumer = stack.start_consumer(|s| s.batch.drain_timeout_ms = 1000).await;
+    let dlq = orderflow_common::DEAD_LETTER_TOPIC;
+    eventually(Duration::from_secs(30), "two letters in the dead-letter topic", || async {
+        (topic_message_count(&stack.broker.bootstrap_servers(), dlq).await >= 2).then_some(())
+    })
+    .await;
+    // Several retries of the refused letter.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(topic_message_count(&stack.broker.bootstrap_servers(), dlq).await, 2, "the two small letters exactly once");
+    assert_eq!(consumer.stats.totals().failed, 0, "the batch is not done while a letter is missing");
     consumer.stop().await;
 }

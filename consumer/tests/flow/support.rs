@@ -14,6 +14,7 @@ use orderflow_common::db;
 use orderflow_common::order::{NewOrder, PlacedOrder};
 use orderflow_common::testing::{eventually, TestBroker, TestDatabase};
 use orderflow_consumer::stats::Stats;
+use orderflow_consumer::supervision::RunError;
 use orderflow_consumer::{Application, Settings};
 
 pub const TOPIC: &str = "orders-placed";
@@ -77,6 +78,10 @@ impl Stack {
             )
             .await
             .unwrap();
+    }
+
+    pub async fn execute(&self, sql: &str) {
+        self.pool.get().await.unwrap().batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
 
     pub async fn order_count(&self) -> i64 {
@@ -164,14 +169,27 @@ pub struct RunningConsumer {
     pub admin_port: u16,
     pub shutdown: CancellationToken,
     pub stats: Arc<Stats>,
-    pub task: JoinHandle<()>,
+    pub task: JoinHandle<Result<(), RunError>>,
 }
 
 impl RunningConsumer {
     /// Stops as SIGTERM would and waits for the final commit.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("consumer stops in time").unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(30), self.task).await.expect("consumer stops in time").unwrap();
+        outcome.expect("consumer stops cleanly");
+    }
+
+    /// GET on the admin server: status and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://127.0.0.1:{}{path}", self.admin_port)).await.expect("admin server answers");
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// One series' value from /metrics, e.g. `consumer_lag{partition="0"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines().find_map(|line| line.rsplit_once(' ').filter(|(name, _)| *name == series).and_then(|(_, value)| value.parse().ok()))
     }
 
     pub async fn wait_processed(&self, expected: u64, timeout: Duration) {

@@ -34,7 +34,7 @@ pub async fn ready(publisher: web::Data<OrderPublisher>, pool: web::Data<Pool>) 
     };
     let database = match database {
         Ok(Ok(())) => json!({"ok": true}),
-        Ok(Err(error)) => json!({"ok": false, "error": error.to_string()}),
+        Ok(Err(error)) => json!({"ok": false, "error": orderflow_common::errors::Chain(&error).to_string()}),
         Err(_) => json!({"ok": false, "error": "timed out"}),
     };
     let ready = kafka["ok"] == true && database["ok"] == true;

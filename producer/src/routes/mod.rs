@@ -53,9 +53,13 @@ fn accepted(replayed: bool) -> actix_web::HttpResponseBuilder {
     response
 }
 
-/// The Idempotency-Key header, if the client sent one.
-fn idempotency_key(request: &actix_web::HttpRequest) -> Option<&str> {
-    request.headers().get(crate::idempotency::HEADER).and_then(|value| value.to_str().ok())
+/// The Idempotency-Key header, if the client sent one. A value with bytes outside visible
+/// ASCII is a 400: taking it as "no key" made a retry place the orders again.
+fn idempotency_key(request: &actix_web::HttpRequest) -> Result<Option<&str>, ApiError> {
+    match request.headers().get(crate::idempotency::HEADER) {
+        None => Ok(None),
+        Some(value) => value.to_str().map(Some).map_err(|_| crate::idempotency::invalid_key()),
+    }
 }
 
 /// The slow path's parse: the body is known to be JSON (the extractor checked its syntax).

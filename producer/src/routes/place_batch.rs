@@ -26,7 +26,7 @@ pub struct BatchAccepted {
 #[utoipa::path(post, path = "/orders/batch", request_body = crate::openapi::OrderBatch,
     params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "Retries with the same key and body get the same order ids")),
     responses((status = 202, description = "all accepted, in request order", body = BatchAccepted),
-        (status = 400, description = "invalid input", body = crate::openapi::ErrorBody),
+        (status = 400, description = "invalid input, or an Idempotency-Key that is not 1 to 255 visible ASCII characters", body = crate::openapi::ErrorBody),
         (status = 413, description = "body too large", body = crate::openapi::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another request", body = crate::openapi::ErrorBody),
         (status = 429, description = "rate limited", body = crate::openapi::ErrorBody),
@@ -38,13 +38,14 @@ pub async fn place_batch(
     publisher: web::Data<OrderPublisher>,
     pool: web::Data<Pool>,
 ) -> Result<HttpResponse, ApiError> {
-    let (result, count) = match validate_batch(body.get()) {
-        Ok(orders) => {
+    let (result, count) = match (validate_batch(body.get()), idempotency_key(&request)) {
+        (Ok(orders), Ok(key)) => {
             let count = orders.len();
             tracing::Span::current().record("orders", count);
-            (idempotency::publish(idempotency_key(&request), "/orders/batch", orders, &publisher, &pool).await, count)
+            (idempotency::publish(key, "/orders/batch", orders, &publisher, &pool).await, count)
         }
-        Err((error, count)) => (Err(error), count),
+        (Ok(orders), Err(error)) => (Err(error), orders.len()),
+        (Err((error, count)), _) => (Err(error), count),
     };
     match &result {
         Ok(published) => metrics::counter!("orders_accepted_total").increment(published.orders.len() as u64),

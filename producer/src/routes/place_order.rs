@@ -14,7 +14,7 @@ use crate::publisher::OrderPublisher;
 #[utoipa::path(post, path = "/order", request_body = crate::openapi::OrderRequest,
     params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,255}$", description = "Retries with the same key and body get the same order id")),
     responses((status = 202, description = "accepted: the broker has the order", body = AcceptedOrder),
-        (status = 400, description = "invalid input", body = crate::openapi::ErrorBody),
+        (status = 400, description = "invalid input, or an Idempotency-Key that is not 1 to 255 visible ASCII characters", body = crate::openapi::ErrorBody),
         (status = 413, description = "body too large", body = crate::openapi::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another request", body = crate::openapi::ErrorBody),
         (status = 429, description = "rate limited", body = crate::openapi::ErrorBody),
@@ -39,7 +39,7 @@ async fn place(request: &HttpRequest, body: &str, publisher: &OrderPublisher, po
         Some(order) => order,
         None => NewOrder::from_json(&parse(body)?).map_err(ApiError::Validation)?,
     };
-    let published = idempotency::publish(idempotency_key(request), "/order", vec![order], publisher, pool).await?;
+    let published = idempotency::publish(idempotency_key(request)?, "/order", vec![order], publisher, pool).await?;
     let order_id = published.orders[0].order_id;
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
     Ok(accepted(published.replayed).json(AcceptedOrder::new(order_id)))

@@ -86,3 +86,46 @@ async fn a_retry_after_503_publishes_the_original_orders() {
     assert_eq!(retried["order_id"], stored[0]["order_id"]);
     assert_eq!(app.published().await, 1);
 }
+
+/// A key with bytes outside visible ASCII used to be read as "no key", so each retry placed
+/// the order again. It is a 400 naming the header, and nothing is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_bytes_outside_visible_ascii_is_400_not_ignored() {
+    use reqwest::header::HeaderValue;
+    let app = spawn_app().await;
+    let body = order("C1", "PROD001", 1);
+    let keys = [
+        HeaderValue::from_bytes("clé-1".as_bytes()).unwrap(),
+        HeaderValue::from_bytes(b"key\xff2").unwrap(),
+        HeaderValue::from_bytes(b"key\t3").unwrap(),
+    ];
+    for key in keys {
+        for (path, body) in [("/order", body.clone()), ("/orders/batch", json!([body.clone()]))] {
+            let response = app.client.post(format!("{}{path}", app.address)).header("Idempotency-Key", key.clone()).json(&body).send().await.unwrap();
+            let error = assert_json_error(response, 400).await;
+            assert!(error["error"].as_str().unwrap().contains("Idempotency-Key"), "{path} {key:?}: {error}");
+        }
+    }
+    assert_eq!(app.published().await, 0);
+}
+
+/// A control character other than tab never reaches the handler: the HTTP parser refuses
+/// the request. Still a 400, and still nothing published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_a_control_character_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let body = serde_json::to_vec(&order("C1", "PROD001", 1)).unwrap();
+    let host = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let head = format!(
+        "POST /order HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nIdempotency-Key: key\x01four\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(app.published().await, 0);
+}
