@@ -35,8 +35,14 @@ impl TestBroker {
                 create_topics(broker.bootstrap_servers(), &named).await;
                 broker
             }
-            _ => Self::Mock(DevBroker::start("127.0.0.1:0".parse().expect("valid address"), topics).await.expect("dev broker")),
+            _ => Self::mock(topics).await,
         }
+    }
+
+    /// A mock cluster of the test's own, whatever `ORDERFLOW_TEST_KAFKA_BROKERS` says: for
+    /// tests of mock-only behaviour (a broker that restarts, a log that drops old data).
+    pub async fn mock(topics: &[TopicSpec]) -> Self {
+        Self::Mock(DevBroker::start("127.0.0.1:0".parse().expect("valid address"), topics).await.expect("dev broker"))
     }
 
     pub fn bootstrap_servers(&self) -> String {

@@ -9,15 +9,8 @@ use crate::support::{message, placed_order, Stack};
 const ORDERS: i64 = 100_000;
 
 fn spawn_consumer(stack: &Stack) -> Child {
-    let settings = stack.consumer_settings();
-    let extra: Vec<String> = settings.kafka.extra.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
     Command::new(env!("CARGO_BIN_EXE_consumer"))
-        .env("DATABASE_URL", &stack.database.url)
-        .env("KAFKA_BROKERS", &settings.kafka.brokers)
-        .env("KAFKA_TOPIC", &settings.kafka.topic)
-        .env("KAFKA_CONFIG", extra.join(","))
-        .env("KAFKA_GROUP_ID", &settings.group.group_id)
-        .env("DEAD_LETTER_TOPIC", &settings.dead_letter_topic)
+        .envs(stack.consumer_env())
         .env("CONSUMER_ADMIN_ADDR", "127.0.0.1:0")
         .env("KAFKA_SESSION_TIMEOUT_MS", "3000")
         .env("BATCH_SIZE", "500")

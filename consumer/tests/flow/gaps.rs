@@ -5,6 +5,7 @@
 //! that. Valid orders are at most a few hundred bytes, so the filler here is valid orders
 //! padded with JSON whitespace to 256 KiB each: 30 of them overflow a partition, and every
 //! message that survives is still an order that reaches PostgreSQL, so counts are exact.
+//! So these tests always run on a mock of their own, even with ORDERFLOW_TEST_KAFKA_BROKERS.
 
 use std::time::Duration;
 
@@ -131,7 +132,7 @@ fn gauge_line(partition: i32, missing: i64) -> String {
 /// acknowledged, then reads on from the log start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_unconsumed_data_stops_the_partition_until_acknowledged() {
-    let stack = Stack::start(1).await;
+    let stack = Stack::start_on_mock(1).await;
     stack.set_stock("PROD001", 1_000_000).await;
     let producer = stack.kafka_producer();
 
@@ -199,7 +200,7 @@ async fn dropped_unconsumed_data_stops_the_partition_until_acknowledged() {
 /// pause and resume starts the gapped partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_group_reports_a_log_that_no_longer_starts_at_zero_and_other_partitions_go_on() {
-    let stack = Stack::start(2).await;
+    let stack = Stack::start_on_mock(2).await;
     stack.set_stock("PROD001", 1_000_000).await;
     let producer = stack.kafka_producer();
     publish(&producer, 0, (0..FILLER).map(|i| padded(&format!("F{i}")))).await;
@@ -245,7 +246,7 @@ async fn a_new_group_reports_a_log_that_no_longer_starts_at_zero_and_other_parti
 /// it has not read) stops at the gap when it reads on, instead of jumping over it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_consumer_that_falls_behind_retention_stops_at_the_gap() {
-    let stack = Stack::start(1).await;
+    let stack = Stack::start_on_mock(1).await;
     stack.set_stock("PROD001", 1_000_000).await;
     let producer = stack.kafka_producer();
     let consumer = stack.start_consumer(|s| s.admin_token = Some(TOKEN.into())).await;
@@ -278,7 +279,7 @@ async fn a_running_consumer_that_falls_behind_retention_stops_at_the_gap() {
 /// acknowledged there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gapped_partition_that_moves_is_reported_by_its_new_owner() {
-    let stack = Stack::start(2).await;
+    let stack = Stack::start_on_mock(2).await;
     stack.set_stock("PROD001", 1_000_000).await;
     let producer = stack.kafka_producer();
     for partition in [0, 1] {

@@ -98,7 +98,7 @@ async fn a_dead_letter_retry_resends_only_the_letters_that_failed() {
     stack.publish_raw(&producer, &messages).await;
 
     let consumer = stack.start_consumer(|s| s.batch.drain_timeout_ms = 1000).await;
-    let dlq = orderflow_common::DEAD_LETTER_TOPIC;
+    let dlq = &stack.dead_letter_topic;
     eventually(Duration::from_secs(30), "two letters in the dead-letter topic", || async {
         (topic_message_count(&stack.broker.bootstrap_servers(), dlq).await >= 2).then_some(())
     })

@@ -48,8 +48,7 @@ async fn the_consumer_binary_exits_non_zero_when_its_batch_loop_dies() {
     let stack = Stack::start(2).await;
     stack.execute("ALTER TABLE inventory ALTER COLUMN available_quantity TYPE integer").await;
     let mut consumer = Command::new(env!("CARGO_BIN_EXE_consumer"))
-        .env("DATABASE_URL", &stack.database.url)
-        .env("KAFKA_BROKERS", stack.broker.bootstrap_servers())
+        .envs(stack.consumer_env())
         .env("CONSUMER_ADMIN_ADDR", "127.0.0.1:0")
         .env("KAFKA_SESSION_TIMEOUT_MS", "3000")
         .env("RUST_LOG", "error")

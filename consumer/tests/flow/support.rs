@@ -31,8 +31,19 @@ pub struct Stack {
 impl Stack {
     /// A broker with `partitions` on the orders topic and a migrated, seeded database.
     pub async fn start(partitions: i32) -> Self {
-        let topics = [(TOPIC.into(), partitions), (orderflow_common::DEAD_LETTER_TOPIC.into(), 1)];
-        let broker = TestBroker::start(&topics).await;
+        Self::on(TestBroker::start(&Self::topics(partitions)).await).await
+    }
+
+    /// Like `start`, but always on a mock cluster of the test's own (mock-only behaviour).
+    pub async fn start_on_mock(partitions: i32) -> Self {
+        Self::on(TestBroker::mock(&Self::topics(partitions)).await).await
+    }
+
+    fn topics(partitions: i32) -> [(String, i32); 2] {
+        [(TOPIC.into(), partitions), (orderflow_common::DEAD_LETTER_TOPIC.into(), 1)]
+    }
+
+    async fn on(broker: TestBroker) -> Self {
         let database = TestDatabase::create().await;
         let pool = db::pool(&database.settings()).unwrap();
         db::migrate(&pool).await.unwrap();
@@ -56,6 +67,20 @@ impl Stack {
         settings.group.session_timeout_ms = 3000;
         settings.batch.max_wait_ms = 10;
         settings
+    }
+
+    /// The environment of a consumer binary on this stack: database, broker, topics, group.
+    pub fn consumer_env(&self) -> Vec<(&'static str, String)> {
+        let settings = self.consumer_settings();
+        let extra: Vec<String> = settings.kafka.extra.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        vec![
+            ("DATABASE_URL", self.database.url.clone()),
+            ("KAFKA_BROKERS", settings.kafka.brokers),
+            ("KAFKA_TOPIC", settings.kafka.topic),
+            ("KAFKA_CONFIG", extra.join(",")),
+            ("KAFKA_GROUP_ID", settings.group.group_id),
+            ("DEAD_LETTER_TOPIC", settings.dead_letter_topic),
+        ]
     }
 
     pub async fn start_consumer(&self, customize: impl FnOnce(&mut Settings)) -> RunningConsumer {
