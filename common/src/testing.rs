@@ -173,7 +173,14 @@ pub fn with_dbname(url: &str, dbname: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::with_dbname;
+    use super::{with_dbname, TestBroker};
+
+    #[test]
+    fn names_get_a_suffix_only_on_a_shared_broker() {
+        let shared = TestBroker::External { bootstrap: "127.0.0.1:1".into(), suffix: "abc".into() };
+        assert_eq!(shared.name("orders-placed"), "orders-placed-abc");
+        assert_eq!(shared.kafka_settings().topic, "orders-placed-abc");
+    }
 
     #[test]
     fn dbname_is_replaced() {
