@@ -97,7 +97,14 @@ async fn a_dead_letter_retry_resends_only_the_letters_that_failed() {
     ];
     stack.publish_raw(&producer, &messages).await;
 
-    let consumer = stack.start_consumer(|s| s.batch.drain_timeout_ms = 1000).await;
+    // One fetch, so one batch, takes all three: the letters that go through must share a
+    // batch with the one that does not.
+    let consumer = stack
+        .start_consumer(|s| {
+            s.batch.drain_timeout_ms = 1000;
+            s.kafka.extra.0.push(("max.partition.fetch.bytes".into(), "10000000".into()));
+        })
+        .await;
     let dlq = &stack.dead_letter_topic;
     eventually(Duration::from_secs(30), "two letters in the dead-letter topic", || async {
         (topic_message_count(&stack.broker.bootstrap_servers(), dlq).await >= 2).then_some(())

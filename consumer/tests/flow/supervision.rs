@@ -51,7 +51,7 @@ async fn the_consumer_binary_exits_non_zero_when_its_batch_loop_dies() {
         .envs(stack.consumer_env())
         .env("CONSUMER_ADMIN_ADDR", "127.0.0.1:0")
         .env("KAFKA_SESSION_TIMEOUT_MS", "3000")
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", "info,librdkafka=warn")
         .env("NO_COLOR", "1")
         // Logs go to stdout, the panic and main's error to stderr; both are small at this level.
         .stdout(Stdio::piped())
@@ -61,20 +61,22 @@ async fn the_consumer_binary_exits_non_zero_when_its_batch_loop_dies() {
     let order = placed_order("C1", "PROD001", 1);
     stack.publish_raw(&stack.kafka_producer(), &[message(&order)]).await;
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let status = loop {
         if let Some(status) = consumer.try_wait().unwrap() {
-            break status;
+            break Some(status);
         }
         if std::time::Instant::now() > deadline {
             consumer.kill().unwrap();
-            panic!("the consumer kept running with a dead batch loop");
+            consumer.wait().unwrap();
+            break None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let mut output = String::new();
     std::io::Read::read_to_string(&mut consumer.stdout.take().unwrap(), &mut output).unwrap();
     std::io::Read::read_to_string(&mut consumer.stderr.take().unwrap(), &mut output).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the consumer kept running with a dead batch loop:\n{output}"));
     assert!(!status.success(), "exit status {status:?}\n{output}");
     assert!(output.contains("a consumer task ended unexpectedly"), "the cause is logged:\n{output}");
     assert!(output.contains("batch loop failed: the batch writer task failed"), "{output}");
