@@ -160,8 +160,9 @@ fi
 nextest_summary="$(grep -E '^ +Summary' "$WORK/nextest.log" | tail -n1 || true)"
 
 # --- step 2: scripts/race-test.sh against the consumer and producer binaries -----------
-# The services are the debug binaries just built (no release build here), on free ports,
-# with topics and a database of this run's own.
+# The services are the debug binaries just built, on free ports, with topics and a database
+# of this run's own. Not scripts/up.sh: it builds release binaries (a second full build) and
+# owns fixed ports, .run/ pid files and its own broker, which a developer's stack may be using.
 race_fail() {
     warn "$1"
     local f
