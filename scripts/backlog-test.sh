@@ -23,7 +23,10 @@ scripts/up.sh
 cargo build --release -p orderflow-bench
 extra=()
 if [ "${RESTART_BROKER:-0}" = 1 ]; then
-    broker="$(for name in tansu dev-broker; do is_running "$name" && echo "$name"; done | head -n1)"
+    broker=""
+    for name in tansu dev-broker; do
+        if [ -z "$broker" ] && is_running "$name"; then broker="$name"; fi
+    done
     [ -n "$broker" ] || die "RESTART_BROKER=1 needs a local broker started by up.sh"
     extra=(--before-resume "kill -KILL \$(cat '$(pid_file "$broker")') && sleep 1 && scripts/up.sh")
 fi
