@@ -185,7 +185,7 @@ race() {
         dead_letters="orders-dlq" # the dev broker's; it is this run's alone
         ADDR="127.0.0.1:$(free_port)"
         spawn dev-broker "$WORK/dev-broker.log" env DEV_BROKER_ADDR="$ADDR" KAFKA_TOPIC="orders-placed-$suffix" \
-            KAFKA_TOPIC_PARTITIONS=16 target/debug/dev-broker
+            KAFKA_TOPIC_PARTITIONS=16 "${CARGO_TARGET_DIR:-$ROOT/target}"/debug/dev-broker
         local i
         for ((i = 0; i < 30; i++)); do
             grep -q 'dev broker ready on' "$WORK/dev-broker.log" 2>/dev/null && break
@@ -197,11 +197,11 @@ race() {
     producer_port="$(free_port)"
     kafka=(env DATABASE_URL="$race_url" KAFKA_BROKERS="$ADDR" KAFKA_TOPIC="orders-placed-$suffix"
         KAFKA_CONFIG="$KAFKA_CONFIG_FOR_TESTS" RUST_LOG=info)
-    "${kafka[@]}" target/debug/consumer migrate >"$WORK/migrate.log" 2>&1 || race_fail "consumer migrate failed" || return 1
+    "${kafka[@]}" "${CARGO_TARGET_DIR:-$ROOT/target}"/debug/consumer migrate >"$WORK/migrate.log" 2>&1 || race_fail "consumer migrate failed" || return 1
     spawn consumer "$WORK/consumer.log" "${kafka[@]}" CONSUMER_ADMIN_ADDR="127.0.0.1:$consumer_port" \
-        KAFKA_GROUP_ID="orderflow-consumer-$suffix" DEAD_LETTER_TOPIC="$dead_letters" target/debug/consumer
+        KAFKA_GROUP_ID="orderflow-consumer-$suffix" DEAD_LETTER_TOPIC="$dead_letters" "${CARGO_TARGET_DIR:-$ROOT/target}"/debug/consumer
     spawn producer "$WORK/producer.log" "${kafka[@]}" PRODUCER_ADDR="127.0.0.1:$producer_port" \
-        RATE_LIMIT_PER_IP=0 RATE_LIMIT_GLOBAL=0 target/debug/producer
+        RATE_LIMIT_PER_IP=0 RATE_LIMIT_GLOBAL=0 "${CARGO_TARGET_DIR:-$ROOT/target}"/debug/producer
     wait_http "http://127.0.0.1:$consumer_port/ready" 60 || race_fail "the consumer did not become ready" || return 1
     wait_http "http://127.0.0.1:$producer_port/ready" 60 || race_fail "the producer did not become ready" || return 1
     PRODUCER_URL="http://127.0.0.1:$producer_port" DATABASE_URL="$race_url" \
