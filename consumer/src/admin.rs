@@ -15,7 +15,7 @@ use orderflow_common::errors::Chain;
 use orderflow_common::{db, kafka};
 
 use crate::control::Control;
-use crate::gaps::{error_chain, GapError, Gaps};
+use crate::gaps::{GapError, Gaps};
 use crate::offsets::ProcessedOffsets;
 use crate::pipeline::OrderConsumer;
 use crate::stats::Stats;
@@ -177,7 +177,7 @@ async fn acknowledge_gap(request: HttpRequest, partition: web::Path<i32>, state:
         Ok(acknowledged) => HttpResponse::Ok().json(acknowledged),
         Err(error @ GapError::NotFound(_)) => HttpResponse::NotFound().json(json!({"error": error.to_string()})),
         Err(error) => {
-            let error = error_chain(&error);
+            let error = Chain(&error).to_string();
             tracing::error!(partition, %error, "acknowledging a gap failed");
             HttpResponse::InternalServerError().json(json!({"error": error}))
         }

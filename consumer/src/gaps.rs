@@ -31,6 +31,8 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use orderflow_common::errors::Chain;
+
 use crate::control::Control;
 use crate::offsets::ProcessedOffsets;
 use crate::pipeline::OrderConsumer;
@@ -182,7 +184,7 @@ impl Gaps {
             }
             let mut wait = RETRY_FIRST;
             while let Err(error) = self.scan(&consumer, &control).await {
-                tracing::warn!(error = %error_chain(&error), retry_in_ms = wait.as_millis() as u64, "gap check failed");
+                tracing::warn!(error = %Chain(&error), retry_in_ms = wait.as_millis() as u64, "gap check failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
@@ -361,18 +363,6 @@ fn gauge(partition: i32, missing: i64) {
     metrics::gauge!("consumer_offset_gap_messages", "partition" => partition.to_string()).set(missing as f64);
 }
 
-/// The error with all its causes, for logs and error responses.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,7 +400,7 @@ mod tests {
             context: "reading watermarks",
             source: KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut),
         };
-        let text = error_chain(&error);
+        let text = Chain(&error).to_string();
         assert!(text.starts_with("kafka: reading watermarks: "), "{text}");
         assert!(text.contains("Timed out"), "{text}");
     }
