@@ -15,6 +15,12 @@ ORDERS="${ORDERS:-10000000}"
 CONSUMER_ADMIN_URL="${CONSUMER_ADMIN_URL:-http://127.0.0.1:8081}"
 export ADMIN_TOKEN="${ADMIN_TOKEN:-backlog-test}"
 
+# --pause-consumer pauses one consumer; others in the group would drain the backlog.
+for i in $(extra_consumer_indexes); do
+    if is_running "$(consumer_name "$i")"; then
+        die "$(consumer_name "$i") runs too: the backlog run pauses one consumer; scale down first (CONSUMERS=1 scripts/up.sh)"
+    fi
+done
 if is_running consumer; then
     code="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $ADMIN_TOKEN" "$CONSUMER_ADMIN_URL/resume" || true)"
     [ "$code" = 200 ] || die "the running consumer does not take ADMIN_TOKEN (HTTP $code); restart the stack: scripts/down.sh && ADMIN_TOKEN=... $0"

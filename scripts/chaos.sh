@@ -63,9 +63,9 @@ kill_consumer() {
     recoveries+=("consumer SIGKILL #$kills: $(ms_since "$t0") ms to ready again")
 }
 
-extra_consumer() { # extra_consumer N: another group member on admin port 1808N
+extra_consumer() { # extra_consumer N: another group member on admin port 1808N (not one of up.sh's CONSUMERS)
     # The broker settings up.sh gave its consumer (tansu wants smaller fetches).
-    (set -a && source "$RUN_DIR/consumer.env" && CONSUMER_ADMIN_ADDR="127.0.0.1:1808$1" exec nohup target/release/consumer </dev/null >"$LOG_DIR/consumer-$1.log" 2>&1) &
+    (set -a && source "$RUN_DIR/consumer.env" && CONSUMER_ADMIN_ADDR="127.0.0.1:1808$1" exec nohup target/release/consumer </dev/null >"$LOG_DIR/chaos-consumer-$1.log" 2>&1) &
     extra_pids+=("$!")
     rebalances=$((rebalances + 1))
     log "fault: consumer-$1 joins the group (pid $!)"

@@ -220,7 +220,13 @@ ensure_rust_tools() {
 
 pid_file() { printf '%s/%s.pid\n' "$PID_DIR" "$1"; }
 
-# True when NAME's pid file points at a live process that is still NAME (pids get reused).
+# The binary behind a process name: extra consumers are consumer-2, consumer-3, ...
+process_binary() {
+    if [[ "$1" =~ ^(.*)-[0-9]+$ ]]; then printf '%s\n' "${BASH_REMATCH[1]}"; else printf '%s\n' "$1"; fi
+}
+
+# True when NAME's pid file points at a live process that still runs NAME's binary (pids
+# get reused).
 is_running() {
     local f pid
     f="$(pid_file "$1")"
@@ -231,9 +237,52 @@ is_running() {
     if [ -r "/proc/$pid/cmdline" ]; then
         local cmd
         cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
-        [[ "$cmd" == *"$1"* ]] || return 1
+        [[ "$cmd" == *"$(process_binary "$1")"* ]] || return 1
     fi
     return 0
+}
+
+# stop_process NAME: SIGTERM the process of NAME's pid file, wait up to 30 s for its
+# graceful drain, then SIGKILL; removes the pid file.
+stop_process() {
+    local name="$1" f pid i
+    f="$(pid_file "$name")"
+    if ! is_running "$name"; then
+        [ -f "$f" ] && log "$name not running (removing stale pid file)"
+        rm -f "$f"
+        return 0
+    fi
+    pid="$(cat "$f")"
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        warn "$name did not stop within 30s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 1
+    fi
+    rm -f "$f"
+    log "$name stopped"
+}
+
+# consumer_name I: the process name of the I-th consumer (1-based). The first keeps the plain
+# name, so consumer.pid and consumer.log stay where other scripts look for them.
+consumer_name() {
+    if [ "$1" -eq 1 ]; then echo consumer; else echo "consumer-$1"; fi
+}
+
+# The indexes (2, 3, ...) of the extra consumers that have a pid file, sorted.
+extra_consumer_indexes() {
+    local f
+    for f in "$PID_DIR"/consumer-*.pid; do
+        [ -e "$f" ] || continue
+        f="${f##*/consumer-}"
+        f="${f%.pid}"
+        [[ "$f" =~ ^[0-9]+$ ]] && echo "$f"
+    done | sort -n
 }
 
 # wait_http URL TIMEOUT_S [NAME]: poll until URL answers 2xx; with NAME, give up early if it died.

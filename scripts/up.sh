@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Builds and starts the local stack: PostgreSQL, a broker (unless KAFKA_BROKERS is set),
-# consumer and producer. Safe to run again: only what is not running gets started.
+# consumer(s) and producer. Safe to run again: only what is not running gets started.
+#
+# CONSUMERS=N starts N consumer processes in one group, with admin ports 8081, 8082, ...
+# (CONSUMER_ADMIN_ADDR's port and the next ones). Running it again with another N scales up,
+# or down by stopping the last ones with SIGTERM. Unset: as many as the last run started (1
+# on a fresh stack), so a plain rerun only restarts what died.
 #
 # BROKER picks the local broker:
 #   tansu (default)  tansu with SQLite storage in .run/tansu: keeps every message on disk
@@ -17,9 +22,21 @@ PRODUCER_ADDR="${PRODUCER_ADDR:-0.0.0.0:8080}"
 CONSUMER_ADMIN_ADDR="${CONSUMER_ADMIN_ADDR:-0.0.0.0:8081}"
 PRODUCER_PORT="$(addr_port "$PRODUCER_ADDR")"
 CONSUMER_PORT="$(addr_port "$CONSUMER_ADMIN_ADDR")"
+CONSUMER_HOST="${CONSUMER_ADMIN_ADDR%:*}"
 BIN="$ROOT/target/release"
 
 mkdir -p "$LOG_DIR" "$PID_DIR"
+
+# How many consumers: CONSUMERS, else what the last up.sh started (.run/consumers), else 1.
+consumers_file="$RUN_DIR/consumers"
+if [ -z "${CONSUMERS:-}" ] && [ -f "$consumers_file" ]; then
+    CONSUMERS="$(cat "$consumers_file")"
+fi
+CONSUMERS="${CONSUMERS:-1}"
+[[ "$CONSUMERS" =~ ^[1-9][0-9]*$ ]] || die "CONSUMERS must be a whole number >= 1 (got: $CONSUMERS)"
+if [ "$CONSUMERS" -gt "${KAFKA_TOPIC_PARTITIONS:-12}" ]; then
+    warn "CONSUMERS=$CONSUMERS is more than the ${KAFKA_TOPIC_PARTITIONS:-12} partitions: the extra consumers get none and stay idle"
+fi
 
 ensure_rust_tools
 log "building release binaries"
@@ -37,7 +54,7 @@ log "running migrations"
 start() {
     local name="$1"
     shift
-    start_command "$name" "$BIN/$name" "$@"
+    start_command "$name" "$BIN/$(process_binary "$name")" "$@"
 }
 
 # start_command NAME CMD [ARGS...]: the same for any command whose command line names NAME.
@@ -126,14 +143,11 @@ export KAFKA_BROKERS
 # The user's own KAFKA_CONFIG comes last, so it overrides the broker-specific defaults.
 consumer_env="$RUN_DIR/consumer.env"
 {
+    printf 'DATABASE_URL=%q\n' "$DATABASE_URL"
     printf 'KAFKA_BROKERS=%q\n' "$KAFKA_BROKERS"
     printf 'KAFKA_CONFIG=%q\n' "${consumer_kafka_config}${consumer_kafka_config:+${KAFKA_CONFIG:+,}}${KAFKA_CONFIG:-}"
     if [ -n "${KAFKA_SESSION_TIMEOUT_MS:-}" ]; then printf 'KAFKA_SESSION_TIMEOUT_MS=%q\n' "$KAFKA_SESSION_TIMEOUT_MS"; fi
 } >"$consumer_env"
-# Other scripts start more group members with the same settings (scripts/chaos.sh).
-(set -a && source "$consumer_env" && start consumer) || true
-start producer || true
-
 check_ready() {
     local name="$1" url="$2"
     if ! wait_http "$url" 60 "$name"; then
@@ -142,17 +156,92 @@ check_ready() {
     fi
     log "$name ready"
 }
-check_ready consumer "http://127.0.0.1:$CONSUMER_PORT/ready"
+
+# Every consumer gets these settings; other scripts start more group members with them too
+# (scripts/chaos.sh). Each consumer has its own admin port.
+consumer_port() { echo $((CONSUMER_PORT + $1 - 1)); }
+
+# settled COUNT QUIET: true when consumers 1..COUNT own every partition of the topic exactly
+# once, each with at least one (when there are enough partitions); unless QUIET, prints them.
+settled() {
+    local count="$1" quiet="$2" ports=() i
+    for ((i = 1; i <= count; i++)); do ports+=("$(consumer_port "$i")"); done
+    PARTITIONS="${KAFKA_TOPIC_PARTITIONS:-12}" QUIET="$quiet" python3 - "${ports[@]}" <<'PY'
+import json, os, sys, urllib.request
+partitions, ports = int(os.environ["PARTITIONS"]), sys.argv[1:]
+owned = {}
+try:
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as response:
+            owned[port] = sorted(p["partition"] for p in json.load(response)["partitions"])
+except OSError:
+    sys.exit(1)
+every = [p for ps in owned.values() for p in ps]
+ok = sorted(every) == list(range(partitions)) and all(owned[p] for p in ports[:partitions])
+if ok and os.environ["QUIET"] != "1":
+    for i, port in enumerate(ports, 1):
+        name = "consumer" if i == 1 else f"consumer-{i}"
+        print(f"==> {name} (:{port}): partitions {','.join(map(str, owned[port])) or 'none'}", file=sys.stderr)
+sys.exit(0 if ok else 1)
+PY
+}
+
+# Ready is not assigned: a new group's first join waits (the mock: 3 s of
+# group.initial.rebalance.delay.ms), and so does every rebalance. Orders placed meanwhile
+# wait in the broker, and a benchmark started right away would count that wait. So up.sh
+# waits until the group has settled. wait_settled COUNT TIMEOUT_S.
+wait_settled() {
+    local count="$1" timeout="$2" deadline
+    [ "$BROKER" = external ] && return 0 # partition count unknown here
+    deadline=$((SECONDS + timeout))
+    while ((SECONDS < deadline)); do
+        settled "$count" 1 && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+# Scale down first: the last consumers leave the group (SIGTERM: drain, commit, leave).
+mapfile -t extra < <(extra_consumer_indexes | sort -rn)
+for i in "${extra[@]}"; do
+    if [ "$i" -gt "$CONSUMERS" ]; then stop_process "$(consumer_name "$i")"; fi
+done
+# Then start the missing ones one at a time, each after the group settled with the one
+# before: on tansu, three members joining a new group at once left it unsettled, with no
+# partition consumed, for more than 90 s (its JoinGroup answers each member at once).
+for ((i = 1; i <= CONSUMERS; i++)); do
+    name="$(consumer_name "$i")"
+    if (set -a && source "$consumer_env" && CONSUMER_ADMIN_ADDR="$CONSUMER_HOST:$(consumer_port "$i")" && start "$name"); then
+        check_ready "$name" "http://127.0.0.1:$(consumer_port "$i")/ready"
+        wait_settled "$i" 60 || warn "the group did not settle within 60s after $name joined"
+    fi
+done
+echo "$CONSUMERS" >"$consumers_file"
+start producer || true
+
+for ((i = 1; i <= CONSUMERS; i++)); do
+    check_ready "$(consumer_name "$i")" "http://127.0.0.1:$(consumer_port "$i")/ready"
+done
 check_ready producer "http://127.0.0.1:$PRODUCER_PORT/ready"
+if [ "$BROKER" = external ]; then
+    log "external Kafka: not waiting for the group's assignment (partition count unknown here)"
+elif wait_settled "$CONSUMERS" 90; then
+    settled "$CONSUMERS" 0 || true
+    log "consumer group settled: ${KAFKA_TOPIC_PARTITIONS:-12} partitions over $CONSUMERS consumer(s)"
+else
+    warn "the consumer group did not settle within 90s (see each consumer's /status and log)"
+fi
+consumer_ports="$CONSUMER_PORT"
+[ "$CONSUMERS" -gt 1 ] && consumer_ports="$CONSUMER_PORT-$(consumer_port "$CONSUMERS") ($CONSUMERS consumers, one group)"
 
 cat <<EOF
 
 orderflow is up.
   Producer API:   http://127.0.0.1:$PRODUCER_PORT   (/health, /ready, /order, /orders/batch, /orders/{id}, /inventory/{id})
-  Consumer admin: http://127.0.0.1:$CONSUMER_PORT   (/health, /ready, /status)
+  Consumer admin: http://127.0.0.1:$consumer_ports   (/health, /ready, /status)
   Kafka brokers:  $KAFKA_BROKERS ($BROKER)
   Database:       $DATABASE_URL
-  Logs:           $LOG_DIR/{tansu,dev-broker,consumer,producer}.log
+  Logs:           $LOG_DIR/{tansu,dev-broker,consumer,consumer-N,producer}.log
   Stop with:      scripts/down.sh
 
 Try:
