@@ -3,7 +3,8 @@
 # then runs the Rust load generator. Every argument goes to it; `scripts/bench.sh --help`
 # lists them (workloads, order counts, batch size, clients, seed, references, ...).
 # Results (JSON, Markdown, PNG chart) land in bench-results/ (git-ignored).
-# It overwrites the stock of the products it uses: do not point it at real data.
+# It creates products of its own (BENCH-<run id>-...), measures only their orders, and deletes
+# them afterwards (--keep-data keeps them); stock and orders already there are not touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh

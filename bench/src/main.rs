@@ -34,7 +34,8 @@ struct Args {
     /// Producer API base URL.
     #[arg(long, env = "PRODUCER_URL", default_value = "http://127.0.0.1:8080")]
     producer_url: String,
-    /// The database the consumer writes to (its stock is overwritten for the run's products).
+    /// The database the consumer writes to. The bench creates products of its own there
+    /// (`BENCH-<run id>-...`) and touches nothing else.
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/orderflow")]
     database_url: String,
     /// Workloads to run, in order.
@@ -101,6 +102,16 @@ struct Args {
     producer_pid_file: String,
     #[arg(long, default_value = ".run/pids/consumer.pid")]
     consumer_pid_file: String,
+    /// Keep the run's products and orders in the database afterwards (default: deleted once
+    /// measured; both are named `BENCH-<run id>-...`).
+    #[arg(long)]
+    keep_data: bool,
+}
+
+/// The products a run created, deleted at the end unless `--keep-data`.
+#[derive(Default)]
+struct Created {
+    products: Vec<String>,
 }
 
 #[tokio::main]
@@ -110,9 +121,12 @@ async fn main() -> anyhow::Result<()> {
     let pool = db::pool(&DatabaseSettings::new(&args.database_url))?;
     db::ping(&pool).await.context("database not reachable: is the stack up (scripts/up.sh)?")?;
     measure::refresh_planner_statistics(&pool).await?;
+    let run_id = format!("{}-{:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), rand::random::<u16>());
+    eprintln!("run {run_id}: products BENCH-{run_id}-*");
     let mut report = Report {
         started_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        run_id: run_id.clone(),
         machine: Machine::detect(),
         runs: Vec::new(),
         references: Vec::new(),
@@ -125,23 +139,19 @@ async fn main() -> anyhow::Result<()> {
         idempotency_keys: args.idempotency_keys,
     };
 
-    if args.warmup > 0 {
-        warm_up(&args, &pool, &load).await?;
+    let mut created = Created::default();
+    let measured = measure_all(&args, &pool, &load, &run_id, &mut created, &mut report).await;
+    // Also after a failed run: what was created is named and scoped, so deleting it is safe.
+    if args.keep_data {
+        eprintln!("kept the run's {} products and their orders (--keep-data): BENCH-{run_id}-*", created.products.len());
+    } else if !created.products.is_empty() {
+        let (orders, products) = measure::remove(&pool, &created.products).await?;
+        eprintln!("deleted the run's {orders} orders and {products} products (BENCH-{run_id}-*)");
     }
-    for workload in &args.workloads {
-        let run = run_workload(&args, &pool, &load, *workload, workload.name().to_owned()).await?;
-        let open_loop = *workload == Workload::FlashSale && args.open_loop_fraction > 0.0 && args.rate.is_none();
-        let half = run.outcome.end_to_end_per_second * args.open_loop_fraction;
-        report.runs.push(run);
-        if open_loop && half > 0.0 {
-            let settings = LoadSettings { rate: Some(half), ..load.clone() };
-            let name = format!("flash-sale open loop @ {half:.0}/s");
-            report.runs.push(run_workload(&args, &pool, &settings, *workload, name).await?);
-        }
-    }
+    measured?;
     if !args.skip_references {
-        report.references.push(per_order_reference(&args).await?);
-        report.references.push(set_based_reference(&args).await?);
+        report.references.push(per_order_reference(&args, &run_id).await?);
+        report.references.push(set_based_reference(&args, &run_id).await?);
     }
 
     std::fs::create_dir_all(&args.out)?;
@@ -162,33 +172,62 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn warm_up(args: &Args, pool: &Pool, load: &LoadSettings) -> anyhow::Result<()> {
-    let product = "BENCH-WARMUP".to_owned();
-    measure::set_stock(pool, &[(product.clone(), i64::MAX / 4)]).await?;
-    let orders: Vec<_> = Workload::OneHotRow
-        .orders(args.warmup, args.seed)
-        .into_iter()
-        .map(|order| workload::Order { product_id: product.clone(), ..order })
-        .collect();
-    let floor = Uuid::now_v7();
-    let result = load::run(load, load::bodies(&orders, args.batch_size), "warm-up").await;
-    measure::wait_finalized(pool, floor, result.accepted.len() as i64, Duration::from_secs(args.timeout_seconds)).await?;
+/// The warm-up and every workload run, each on products of its own.
+async fn measure_all(args: &Args, pool: &Pool, load: &LoadSettings, run_id: &str, created: &mut Created, report: &mut Report) -> anyhow::Result<()> {
+    if args.warmup > 0 {
+        warm_up(args, pool, load, run_id, created).await?;
+    }
+    for (index, workload) in args.workloads.iter().enumerate() {
+        let step = format!("{}", 2 * index + 1);
+        let run = run_workload(args, pool, load, *workload, workload.name().to_owned(), &step, run_id, created).await?;
+        let open_loop = *workload == Workload::FlashSale && args.open_loop_fraction > 0.0 && args.rate.is_none();
+        let half = run.outcome.end_to_end_per_second * args.open_loop_fraction;
+        report.runs.push(run);
+        if open_loop && half > 0.0 {
+            let settings = LoadSettings { rate: Some(half), ..load.clone() };
+            let name = format!("flash-sale open loop @ {half:.0}/s");
+            let step = format!("{}", 2 * index + 2);
+            report.runs.push(run_workload(args, pool, &settings, *workload, name, &step, run_id, created).await?);
+        }
+    }
     Ok(())
 }
 
-async fn run_workload(args: &Args, pool: &Pool, load: &LoadSettings, workload: Workload, name: String) -> anyhow::Result<Run> {
-    let orders = workload.orders(args.orders, args.seed);
+async fn warm_up(args: &Args, pool: &Pool, load: &LoadSettings, run_id: &str, created: &mut Created) -> anyhow::Result<()> {
+    let orders = Workload::OneHotRow.orders(args.warmup, args.seed, &workload::product_prefix(run_id, "warmup"));
+    let stock: Vec<(String, i64)> = Workload::OneHotRow.stock(&orders);
+    measure::create_stock(pool, &stock).await?;
+    let products = measure::products(&stock);
+    created.products.extend_from_slice(&products);
+    let result = load::run(load, load::bodies(&orders, args.batch_size), "warm-up").await;
+    measure::wait_finalized(pool, &products, result.accepted.len() as i64, Duration::from_secs(args.timeout_seconds)).await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_workload(
+    args: &Args,
+    pool: &Pool,
+    load: &LoadSettings,
+    workload: Workload,
+    name: String,
+    step: &str,
+    run_id: &str,
+    created: &mut Created,
+) -> anyhow::Result<Run> {
+    let orders = workload.orders(args.orders, args.seed, &workload::product_prefix(run_id, step));
     let stock = workload.stock(&orders);
-    measure::set_stock(pool, &stock).await?;
+    measure::create_stock(pool, &stock).await?;
+    let products = measure::products(&stock);
+    created.products.extend_from_slice(&products);
     let producer_rss = rss::PeakRss::start(rss::pid_from_file(&args.producer_pid_file));
     let consumer_rss = rss::PeakRss::start(rss::pid_from_file(&args.consumer_pid_file));
-    let floor = Uuid::now_v7();
     if let Some(admin) = &args.pause_consumer {
         consumer_control(admin, args.admin_token.as_deref(), "pause").await?;
     }
     let result = load::run(load, load::bodies(&orders, args.batch_size), &name).await;
     if let Some(admin) = &args.pause_consumer {
-        let in_database = measure::count_since(pool, floor).await?;
+        let in_database = measure::count(pool, &products).await?;
         eprintln!("{name}: {} accepted while the consumer was paused ({in_database} in the database)", result.accepted.len());
         if let Some(command) = &args.before_resume {
             eprintln!("{name}: running before resuming: {command}");
@@ -199,13 +238,14 @@ async fn run_workload(args: &Args, pool: &Pool, load: &LoadSettings, workload: W
         consumer_control(admin, args.admin_token.as_deref(), "resume").await?;
     }
     let expected = result.accepted.len() as i64;
-    let finalized = measure::wait_finalized(pool, floor, expected, Duration::from_secs(args.timeout_seconds)).await?;
+    let finalized = measure::wait_finalized(pool, &products, expected, Duration::from_secs(args.timeout_seconds)).await?;
     if finalized < expected {
         eprintln!("{name}: only {finalized} of {expected} accepted orders finalized within {} s", args.timeout_seconds);
     }
     let (producer_peak, consumer_peak) = (producer_rss.finish(), consumer_rss.finish());
-    let outcome = measure::outcome(pool, floor).await?;
-    let checks = measure::checks(pool, floor, &result.accepted, &stock).await?;
+    measure::analyze_orders(pool).await?;
+    let outcome = measure::outcome(pool, &products).await?;
+    let checks = measure::checks(pool, &result.accepted, &stock).await?;
     eprintln!("{name}: {:.0} accepted/s, {:.0} end-to-end/s, p99 {:.0} ms", result.accepted_per_second(), outcome.end_to_end_per_second, outcome.latency.p99_ms);
     Ok(Run {
         name,
@@ -238,31 +278,29 @@ async fn scratch(stock: &[(String, i64)]) -> anyhow::Result<(TestDatabase, Pool)
     settings.pool_size = 64;
     let pool = db::pool(&settings)?;
     db::migrate(&pool).await?;
-    measure::set_stock(&pool, stock).await?;
+    measure::create_stock(&pool, stock).await?;
     Ok((database, pool))
 }
 
-async fn per_order_reference(args: &Args) -> anyhow::Result<Reference> {
-    let orders = Workload::FlashSale.orders(args.reference_orders, args.seed);
+async fn per_order_reference(args: &Args, run_id: &str) -> anyhow::Result<Reference> {
+    let orders = Workload::FlashSale.orders(args.reference_orders, args.seed, &workload::product_prefix(run_id, "ref"));
     let stock = Workload::FlashSale.stock(&orders);
     let (_database, pool) = scratch(&stock).await?;
-    let floor = Uuid::now_v7();
     eprintln!("per-order reference: {} orders, {} workers", orders.len(), args.reference_workers);
     let elapsed = reference::per_order(&pool, &orders, args.reference_workers).await?;
-    finish_reference(format!("per-order design ({} workers)", args.reference_workers), &pool, floor, orders.len(), elapsed, &stock).await
+    finish_reference(format!("per-order design ({} workers)", args.reference_workers), &pool, orders.len(), elapsed, &stock).await
 }
 
-async fn set_based_reference(args: &Args) -> anyhow::Result<Reference> {
-    let orders = Workload::FlashSale.orders(args.orders, args.seed);
+async fn set_based_reference(args: &Args, run_id: &str) -> anyhow::Result<Reference> {
+    let orders = Workload::FlashSale.orders(args.orders, args.seed, &workload::product_prefix(run_id, "ref"));
     let stock = Workload::FlashSale.stock(&orders);
     let mut best: Option<Reference> = None;
     for &chunk in &args.ceiling_batch {
         let (_database, pool) = scratch(&stock).await?;
-        let floor = Uuid::now_v7();
         eprintln!("set-based ceiling: {} orders in transactions of {chunk}", orders.len());
         let elapsed = reference::set_based(&pool, &orders, chunk, args.ceiling_workers).await?;
         let name = format!("set-based database ceiling ({chunk} per batch)");
-        let candidate = finish_reference(name, &pool, floor, orders.len(), elapsed, &stock).await?;
+        let candidate = finish_reference(name, &pool, orders.len(), elapsed, &stock).await?;
         // A failed check disqualifies nobody silently: it is kept and fails the run.
         if best.as_ref().is_none_or(|b| !candidate.checks_passed || (b.checks_passed && candidate.per_second > b.per_second)) {
             best = Some(candidate);
@@ -274,21 +312,21 @@ async fn set_based_reference(args: &Args) -> anyhow::Result<Reference> {
 async fn finish_reference(
     name: String,
     pool: &Pool,
-    floor: Uuid,
     orders: usize,
     elapsed: Duration,
     stock: &[(String, i64)],
 ) -> anyhow::Result<Reference> {
-    let outcome = measure::outcome(pool, floor).await?;
+    let products = measure::products(stock);
+    let outcome = measure::outcome(pool, &products).await?;
     let ids: Vec<Uuid> = pool
         .get()
         .await?
-        .query("SELECT order_id FROM orders WHERE order_id >= $1", &[&floor])
+        .query("SELECT order_id FROM orders WHERE product_id = ANY($1)", &[&products])
         .await?
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let checks = measure::checks(pool, floor, &ids, stock).await?;
+    let checks = measure::checks(pool, &ids, stock).await?;
     let per_second = orders as f64 / elapsed.as_secs_f64();
     eprintln!("{name}: {per_second:.0} orders/s");
     Ok(Reference {

@@ -1,6 +1,12 @@
 //! What the database says about a run: when every accepted order was finalized, the
 //! accept-to-finalized latencies, throughput per second, and the correctness checks.
-//! A run's orders are those with order_id >= the run's floor (UUIDv7 sort by time).
+//!
+//! A run's orders are the orders of the run's own products: every run creates products named
+//! `BENCH-<run id>-<step>-...` that exist nowhere else (`create_stock` refuses a product that
+//! already exists). Every query here is scoped by those product ids, so orders and stock that
+//! were in the database before (a person's PROD001, earlier runs, ids from a clock that jumped)
+//! are neither counted nor changed. An order-id floor is not enough: UUIDv7 ids are only as
+//! ordered as the clocks that made them, and other ids need not be v7 at all.
 
 use std::time::{Duration, Instant};
 
@@ -60,20 +66,28 @@ pub async fn refresh_planner_statistics(pool: &Pool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until `expected` orders of the run are in the database, or `timeout`.
-/// Orders in the database placed after `floor`.
-pub async fn count_since(pool: &Pool, floor: Uuid) -> anyhow::Result<i64> {
-    let row = pool.get().await?.query_one("SELECT count(*) FROM orders WHERE order_id >= $1", &[&floor]).await?;
+/// Orders of the run's `products` in the database.
+pub async fn count(pool: &Pool, products: &[String]) -> anyhow::Result<i64> {
+    let row = pool.get().await?.query_one("SELECT count(*) FROM orders WHERE product_id = ANY($1)", &[&products]).await?;
     Ok(row.get(0))
 }
 
-pub async fn wait_finalized(pool: &Pool, floor: Uuid, expected: i64, timeout: Duration) -> anyhow::Result<i64> {
+/// Statistics that know the run's products: at the bench's first ANALYZE they did not exist,
+/// so the planner takes them for a handful of rows. Run after the orders are finalized, before
+/// the queries that read all of them, outside anything measured.
+pub async fn analyze_orders(pool: &Pool) -> anyhow::Result<()> {
+    pool.get().await?.batch_execute("ANALYZE orders").await?;
+    Ok(())
+}
+
+/// Waits until `expected` orders of the run's `products` are in the database, or `timeout`.
+pub async fn wait_finalized(pool: &Pool, products: &[String], expected: i64, timeout: Duration) -> anyhow::Result<i64> {
     let started = Instant::now();
     let mut count = 0;
     loop {
         // Tolerates a restarting database (chaos runs): an error is just another poll.
         match pool.get().await {
-            Ok(client) => match client.query_one("SELECT count(*) FROM orders WHERE order_id >= $1", &[&floor]).await {
+            Ok(client) => match client.query_one("SELECT count(*) FROM orders WHERE product_id = ANY($1)", &[&products]).await {
                 Ok(row) => count = row.get(0),
                 Err(error) => eprintln!("poll failed: {error}"),
             },
@@ -87,7 +101,7 @@ pub async fn wait_finalized(pool: &Pool, floor: Uuid, expected: i64, timeout: Du
     }
 }
 
-pub async fn outcome(pool: &Pool, floor: Uuid) -> anyhow::Result<Outcome> {
+pub async fn outcome(pool: &Pool, products: &[String]) -> anyhow::Result<Outcome> {
     let client = pool.get().await?;
     let row = client
         .query_one(
@@ -97,19 +111,21 @@ pub async fn outcome(pool: &Pool, floor: Uuid) -> anyhow::Result<Outcome> {
                     coalesce(percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at)::float8), 0), \
                     coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at)::float8), 0), \
                     coalesce(max(extract(epoch FROM processed_at - created_at))::float8, 0) \
-             FROM orders WHERE order_id >= $1",
-            &[&floor],
+             FROM orders WHERE product_id = ANY($1)",
+            &[&products],
         )
         .await?;
     let (finalized, reserved): (i64, i64) = (row.get(0), row.get(1));
     let seconds: f64 = row.get(2);
     let bins: Vec<(i64, i64)> = client
         .query(
-            "WITH run AS (SELECT created_at, processed_at FROM orders WHERE order_id >= $1), \
-                  start AS (SELECT min(created_at) AS t0 FROM run) \
-             SELECT floor(extract(epoch FROM processed_at - t0) * 10)::int8 AS bin, count(*) \
-             FROM run, start GROUP BY 1 ORDER BY 1",
-            &[&floor],
+            // The start as a scalar subquery: evaluated once whatever the estimates. As a CTE
+            // joined to the run, stale statistics (no rows for products that did not exist at
+            // the last ANALYZE) made it a nested loop over 200k x 200k rows.
+            "SELECT floor(extract(epoch FROM processed_at - \
+                        (SELECT min(created_at) FROM orders WHERE product_id = ANY($1))) * 10)::int8 AS bin, count(*) \
+             FROM orders WHERE product_id = ANY($1) GROUP BY 1 ORDER BY 1",
+            &[&products],
         )
         .await?
         .iter()
@@ -148,59 +164,177 @@ fn smoothed_rate(bins: &[(i64, i64)]) -> Vec<(f64, i64)> {
         .collect()
 }
 
-/// Exactly once: every accepted id is present and nothing else is in the run's range.
+/// Exactly once: every accepted id is present and nothing else is among the run's orders.
 /// No oversell: for the run's products, stock adds up and what is reserved is exactly the
-/// run's reserved orders (stock was reset to `stock` with nothing reserved before the run).
-pub async fn checks(pool: &Pool, floor: Uuid, accepted: &[Uuid], stock: &[(String, i64)]) -> anyhow::Result<Checks> {
+/// run's reserved orders (the products were created with `stock` and nothing reserved).
+pub async fn checks(pool: &Pool, accepted: &[Uuid], stock: &[(String, i64)]) -> anyhow::Result<Checks> {
     let client = pool.get().await?;
+    let (products, initial): (Vec<String>, Vec<i64>) = stock.iter().cloned().unzip();
     let mut present = 0_i64;
     for chunk in accepted.chunks(50_000) {
         let ids = chunk.to_vec();
-        present += client.query_one("SELECT count(*) FROM orders WHERE order_id = ANY($1)", &[&ids]).await?.get::<_, i64>(0);
+        present += client
+            .query_one("SELECT count(*) FROM orders WHERE order_id = ANY($1) AND product_id = ANY($2)", &[&ids, &products])
+            .await?
+            .get::<_, i64>(0);
     }
-    let in_range: i64 = client.query_one("SELECT count(*) FROM orders WHERE order_id >= $1", &[&floor]).await?.get(0);
-    let (products, initial): (Vec<String>, Vec<i64>) = stock.iter().cloned().unzip();
+    let in_run: i64 = client.query_one("SELECT count(*) FROM orders WHERE product_id = ANY($1)", &[&products]).await?.get(0);
     let row = client
         .query_one(
-            "WITH s AS (SELECT * FROM unnest($2::text[], $3::int8[]) AS s(product_id, stock)), \
+            "WITH s AS (SELECT * FROM unnest($1::text[], $2::int8[]) AS s(product_id, stock)), \
                   r AS (SELECT product_id, sum(quantity)::int8 AS units FROM orders \
-                        WHERE order_id >= $1 AND status = 'reserved' GROUP BY product_id) \
+                        WHERE product_id = ANY($1) AND status = 'reserved' GROUP BY product_id) \
              SELECT coalesce(sum(greatest(coalesce(r.units, 0) - s.stock, 0)), 0)::int8, \
                     count(*) FILTER (WHERE i.available_quantity < 0 OR i.reserved_quantity < 0 \
                         OR i.available_quantity + i.reserved_quantity <> i.total_quantity \
                         OR i.total_quantity <> s.stock OR i.reserved_quantity <> coalesce(r.units, 0)) \
              FROM s JOIN inventory i USING (product_id) LEFT JOIN r USING (product_id)",
-            &[&floor, &products, &initial],
+            &[&products, &initial],
         )
         .await?;
     Ok(Checks {
         accepted: accepted.len() as i64,
         accepted_and_present: present,
-        unexpected: in_range - present,
+        unexpected: in_run - present,
         oversold_units: row.get(0),
         invariant_violations: row.get(1),
     })
 }
 
-/// Resets the given products' stock (creating catalogue products that do not exist).
-pub async fn set_stock(pool: &Pool, stock: &[(String, i64)]) -> anyhow::Result<()> {
-    let client = pool.get().await?;
+/// Creates the run's products with their stock, the way the seed migration does (an
+/// `inventory` row). Never overwrites: if any of them exists already, nothing is created and
+/// this fails, so stock that a person (or another run) set is never touched.
+pub async fn create_stock(pool: &Pool, stock: &[(String, i64)]) -> anyhow::Result<()> {
+    let mut client = pool.get().await?;
     let (products, quantities): (Vec<String>, Vec<i64>) = stock.iter().cloned().unzip();
-    client
+    let transaction = client.transaction().await?;
+    let created = transaction
         .execute(
             "INSERT INTO inventory (product_id, product_name, available_quantity, reserved_quantity, total_quantity) \
-             SELECT p, 'bench ' || p, q, 0, q FROM unnest($1::text[], $2::int8[]) AS s(p, q) \
-             ON CONFLICT (product_id) DO UPDATE SET available_quantity = excluded.available_quantity, \
-                 reserved_quantity = 0, total_quantity = excluded.total_quantity, updated_at = now()",
+             SELECT p, 'orderflow bench product', q, 0, q FROM unnest($1::text[], $2::int8[]) AS s(p, q) \
+             ON CONFLICT (product_id) DO NOTHING",
             &[&products, &quantities],
         )
         .await?;
+    if created != products.len() as u64 {
+        // Dropping the transaction rolls back what was inserted.
+        anyhow::bail!(
+            "{} of the bench's {} product ids already exist (first: {}); the bench creates products of its own and never overwrites stock",
+            products.len() as u64 - created,
+            products.len(),
+            products.first().map_or("", String::as_str)
+        );
+    }
+    transaction.commit().await?;
     Ok(())
+}
+
+/// Deletes the run's orders and products, and nothing else.
+pub async fn remove(pool: &Pool, products: &[String]) -> anyhow::Result<(u64, u64)> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let orders = transaction.execute("DELETE FROM orders WHERE product_id = ANY($1)", &[&products]).await?;
+    let inventory = transaction.execute("DELETE FROM inventory WHERE product_id = ANY($1)", &[&products]).await?;
+    transaction.commit().await?;
+    Ok((orders, inventory))
+}
+
+/// The product ids of `stock`.
+pub fn products(stock: &[(String, i64)]) -> Vec<String> {
+    stock.iter().map(|(product, _)| product.clone()).collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::smoothed_rate;
+    use std::time::Duration;
+
+    use orderflow_common::db;
+    use orderflow_common::testing::TestDatabase;
+    use uuid::Uuid;
+
+    use super::{checks, count, create_stock, outcome, products, remove, smoothed_rate, wait_finalized};
+    use crate::workload::{product_prefix, Workload};
+
+    /// The database after the README's examples and more: a person's PROD001 with stock they
+    /// set and a reservation, and an order whose id sorts after every UUIDv7 made today (an id
+    /// from a clock that was ahead, or not v7 at all). A run must neither count nor change them.
+    #[tokio::test]
+    async fn a_run_sees_and_changes_only_its_own_products() {
+        let database = TestDatabase::create().await;
+        let pool = db::pool(&database.settings()).expect("pool");
+        db::migrate(&pool).await.expect("migrate");
+        let client = pool.get().await.expect("connection");
+        client
+            .batch_execute(
+                "UPDATE inventory SET available_quantity = 37, reserved_quantity = 5, total_quantity = 42 WHERE product_id = 'PROD001'; \
+                 INSERT INTO orders (order_id, customer_id, product_id, quantity, amount, status, reason, created_at, processed_at) VALUES \
+                 ('ffffffff-ffff-7fff-bfff-ffffffffffff', 'CUST001', 'PROD001', 5, 6499.95, 'reserved', NULL, now() - interval '18 hours', now() - interval '18 hours'), \
+                 ('00000000-0000-7000-8000-000000000001', 'CUST002', 'PROD002', 1, 29.99, 'rejected', 'insufficient_stock', now() - interval '1 day', now() - interval '1 day')",
+            )
+            .await
+            .expect("a used database");
+        let snapshot = "SELECT (SELECT array_agg(i::text ORDER BY product_id) FROM inventory i), (SELECT array_agg(o::text ORDER BY order_id) FROM orders o)";
+        let before: (Vec<String>, Vec<String>) = client.query_one(snapshot, &[]).await.map(|row| (row.get(0), row.get(1))).expect("snapshot");
+
+        // A person's product is never overwritten, not even partly.
+        let orders = Workload::FlashSale.orders(300, 1, &product_prefix("20261125T000000-abcd", "1"));
+        let stock = Workload::FlashSale.stock(&orders);
+        let mut clash = stock.clone();
+        clash.push(("PROD001".to_owned(), 1_000));
+        assert!(create_stock(&pool, &clash).await.is_err(), "created stock over PROD001");
+        create_stock(&pool, &stock).await.expect("the run's products");
+
+        // The run's orders, applied as the consumer would: reserve if the stock is there.
+        let mut accepted = Vec::new();
+        for order in &orders {
+            let id = Uuid::now_v7();
+            client
+                .execute(
+                    "WITH r AS (UPDATE inventory SET available_quantity = available_quantity - $3, reserved_quantity = reserved_quantity + $3 \
+                                WHERE product_id = $2 AND available_quantity >= $3 RETURNING 1) \
+                     INSERT INTO orders (order_id, customer_id, product_id, quantity, amount, status, reason, created_at) \
+                     SELECT $1, $4, $2, $3, 1, CASE WHEN EXISTS (SELECT 1 FROM r) THEN 'reserved' ELSE 'rejected' END, \
+                            CASE WHEN EXISTS (SELECT 1 FROM r) THEN NULL ELSE 'insufficient_stock' END, now() - interval '10 ms'",
+                    &[&id, &order.product_id, &order.quantity, &order.customer_id],
+                )
+                .await
+                .expect("apply an order");
+            accepted.push(id);
+        }
+
+        let ours = products(&stock);
+        let n = orders.len() as i64;
+        assert_eq!(count(&pool, &ours).await.expect("count"), n);
+        assert_eq!(wait_finalized(&pool, &ours, n, Duration::ZERO).await.expect("wait"), n);
+        let outcome = outcome(&pool, &ours).await.expect("outcome");
+        assert_eq!(outcome.finalized, n);
+        assert!(outcome.rejected > 0 && outcome.reserved > 0, "{outcome:?}");
+        assert!(outcome.latency.max_ms < 60_000.0, "an older order was counted: {outcome:?}");
+        assert!(outcome.end_to_end_seconds < 60.0, "an older order was counted: {outcome:?}");
+        let checks = checks(&pool, &accepted, &stock).await.expect("checks");
+        assert!(checks.passed(), "{checks:?}");
+        assert_eq!(checks.unexpected, 0);
+
+        // An order the run did not place, for one of its products, fails the check.
+        client
+            .execute(
+                "INSERT INTO orders (order_id, customer_id, product_id, quantity, amount, status, reason, created_at) \
+                 VALUES ($1, 'X', $2, 1, 1, 'rejected', 'insufficient_stock', now())",
+                &[&Uuid::now_v7(), &ours[0]],
+            )
+            .await
+            .expect("a stray order");
+        assert_eq!(checks_unexpected(&pool, &accepted, &stock).await, 1);
+
+        let (deleted_orders, deleted_products) = remove(&pool, &ours).await.expect("remove");
+        assert_eq!((deleted_orders, deleted_products), (orders.len() as u64 + 1, stock.len() as u64));
+        let after: (Vec<String>, Vec<String>) = client.query_one(snapshot, &[]).await.map(|row| (row.get(0), row.get(1))).expect("snapshot");
+        assert_eq!(before, after, "the run changed rows it did not create");
+    }
+
+    async fn checks_unexpected(pool: &deadpool_postgres::Pool, accepted: &[Uuid], stock: &[(String, i64)]) -> i64 {
+        checks(pool, accepted, stock).await.expect("checks").unexpected
+    }
 
     #[test]
     fn smoothing_spreads_a_batch_over_its_window() {

@@ -11,6 +11,8 @@ use crate::measure::{Checks, Outcome};
 pub struct Report {
     pub started_at: String,
     pub command: String,
+    /// Every product of the run is named `BENCH-<run_id>-<step>-...`.
+    pub run_id: String,
     pub machine: Machine,
     pub runs: Vec<Run>,
     pub references: Vec<Reference>,
@@ -97,7 +99,7 @@ impl Report {
         let mut out = String::new();
         let m = &self.machine;
         let _ = writeln!(out, "Measured {} on {} cores ({}), {:.0} GiB, everything on one machine.", self.started_at, m.cores, m.cpu, m.memory_gib);
-        let _ = writeln!(out, "Command: `{}`\n", self.command);
+        let _ = writeln!(out, "Command: `{}`; products `BENCH-{}-*`\n", self.command, self.run_id);
         let _ = writeln!(
             out,
             "| run | orders | accepted/s | end-to-end/s | p50 ms | p95 ms | p99 ms | max ms | reserved | rejected | producer RSS MiB | consumer RSS MiB | exactly once, no oversell |"

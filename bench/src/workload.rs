@@ -43,19 +43,21 @@ impl Workload {
         }
     }
 
-    pub fn orders(self, count: usize, seed: u64) -> Vec<Order> {
+    /// `count` orders from `seed`, for products whose ids start with `prefix` (the run's own,
+    /// see [`product_prefix`]): `<prefix>P001`..`P010`, or `<prefix>CAT000000`...
+    pub fn orders(self, count: usize, seed: u64, prefix: &str) -> Vec<Order> {
         let mut rng = StdRng::seed_from_u64(seed ^ self as u64);
         (0..count)
             .map(|i| {
                 let (product_id, customer_id, quantity) = match self {
                     Self::FlashSale => (
-                        format!("PROD{:03}", rng.random_range(1..=10)),
+                        format!("{prefix}P{:03}", rng.random_range(1..=10)),
                         format!("CUST{:06}", rng.random_range(0..FLASH_SALE_CUSTOMERS)),
                         rng.random_range(1..=3),
                     ),
-                    Self::OneHotRow => ("PROD001".to_owned(), format!("CUST{:06}", i as u64 % FLASH_SALE_CUSTOMERS), 1),
+                    Self::OneHotRow => (format!("{prefix}P001"), format!("CUST{:06}", i as u64 % FLASH_SALE_CUSTOMERS), 1),
                     Self::Catalog => (
-                        catalog_product(rng.random_range(0..CATALOG_PRODUCTS)),
+                        format!("{prefix}{}", catalog_product(rng.random_range(0..CATALOG_PRODUCTS))),
                         format!("CUST{:06}", rng.random_range(0..FLASH_SALE_CUSTOMERS)),
                         1,
                     ),
@@ -90,15 +92,22 @@ pub fn catalog_product(index: usize) -> String {
     format!("CAT{index:06}")
 }
 
+/// The prefix of one step's products: `BENCH-<run id>-<step>-`. A run id is unique per
+/// invocation, a step per workload run within it, so no two runs share a product and no
+/// bench product is ever one a person created (`measure::create_stock` checks it).
+pub fn product_prefix(run_id: &str, step: &str) -> String {
+    format!("BENCH-{run_id}-{step}-")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn orders_repeat_for_a_seed_and_differ_across_seeds() {
-        let a = Workload::FlashSale.orders(100, 7);
-        let b = Workload::FlashSale.orders(100, 7);
-        let c = Workload::FlashSale.orders(100, 8);
+        let a = Workload::FlashSale.orders(100, 7, "");
+        let b = Workload::FlashSale.orders(100, 7, "");
+        let c = Workload::FlashSale.orders(100, 8, "");
         let key = |o: &Vec<Order>| o.iter().map(|x| format!("{}{}{}", x.customer_id, x.product_id, x.quantity)).collect::<Vec<_>>();
         assert_eq!(key(&a), key(&b));
         assert_ne!(key(&a), key(&c));
@@ -106,10 +115,13 @@ mod tests {
 
     #[test]
     fn flash_sale_stock_is_eighty_percent_of_demand() {
-        let orders = Workload::FlashSale.orders(10_000, 1);
+        let orders = Workload::FlashSale.orders(10_000, 1, &product_prefix("20261125T000000-abcd", "9"));
         let stock: i64 = Workload::FlashSale.stock(&orders).iter().map(|(_, s)| s).sum();
         let demand: i64 = orders.iter().map(|o| o.quantity).sum();
         assert!((stock as f64 / demand as f64 - 0.8).abs() < 0.01);
+        // Valid orders, and the longest product id (catalog's) stays within the 64-character limit.
         assert!(orders.iter().all(|o| orderflow_common::order::NewOrder::from_json(&o.to_json()).is_ok()));
+        let longest = format!("{}{}", product_prefix("20261125T000000-abcd", "flash-sale-open-loop"), catalog_product(99_999));
+        assert!(longest.len() <= 64, "{longest}");
     }
 }
