@@ -106,6 +106,11 @@ struct Args {
     /// measured; both are named `BENCH-<run id>-...`).
     #[arg(long)]
     keep_data: bool,
+    /// Scale the local stack to each of these consumer counts in turn (`CONSUMERS=N
+    /// scripts/up.sh`, which returns once the group has settled) and run the workloads at
+    /// each; one report. Empty: the stack as it is.
+    #[arg(long, value_delimiter = ',')]
+    consumers: Vec<usize>,
 }
 
 /// The products a run created, deleted at the end unless `--keep-data`.
@@ -174,27 +179,46 @@ async fn main() -> anyhow::Result<()> {
 
 /// The warm-up and every workload run, each on products of its own.
 async fn measure_all(args: &Args, pool: &Pool, load: &LoadSettings, run_id: &str, created: &mut Created, report: &mut Report) -> anyhow::Result<()> {
-    if args.warmup > 0 {
-        warm_up(args, pool, load, run_id, created).await?;
-    }
-    for (index, workload) in args.workloads.iter().enumerate() {
-        let step = format!("{}", 2 * index + 1);
-        let run = run_workload(args, pool, load, *workload, workload.name().to_owned(), &step, run_id, created).await?;
-        let open_loop = *workload == Workload::FlashSale && args.open_loop_fraction > 0.0 && args.rate.is_none();
-        let half = run.outcome.end_to_end_per_second * args.open_loop_fraction;
-        report.runs.push(run);
-        if open_loop && half > 0.0 {
-            let settings = LoadSettings { rate: Some(half), ..load.clone() };
-            let name = format!("flash-sale open loop @ {half:.0}/s");
-            let step = format!("{}", 2 * index + 2);
-            report.runs.push(run_workload(args, pool, &settings, *workload, name, &step, run_id, created).await?);
+    let counts: Vec<Option<usize>> = if args.consumers.is_empty() { vec![None] } else { args.consumers.iter().copied().map(Some).collect() };
+    for count in counts {
+        let (tag, suffix) = match count {
+            Some(n) => {
+                scale_consumers(n).await?;
+                (format!("c{n}-"), format!(", {n} consumer{}", if n == 1 { "" } else { "s" }))
+            }
+            None => (String::new(), String::new()),
+        };
+        if args.warmup > 0 {
+            warm_up(args, pool, load, run_id, &format!("{tag}warmup"), created).await?;
+        }
+        for (index, workload) in args.workloads.iter().enumerate() {
+            let step = format!("{tag}{}", 2 * index + 1);
+            let name = format!("{}{suffix}", workload.name());
+            let run = run_workload(args, pool, load, *workload, name, &step, run_id, created).await?;
+            let open_loop = *workload == Workload::FlashSale && args.open_loop_fraction > 0.0 && args.rate.is_none();
+            let half = run.outcome.end_to_end_per_second * args.open_loop_fraction;
+            report.runs.push(run);
+            if open_loop && half > 0.0 {
+                let settings = LoadSettings { rate: Some(half), ..load.clone() };
+                let name = format!("flash-sale open loop @ {half:.0}/s{suffix}");
+                let step = format!("{tag}{}", 2 * index + 2);
+                report.runs.push(run_workload(args, pool, &settings, *workload, name, &step, run_id, created).await?);
+            }
         }
     }
     Ok(())
 }
 
-async fn warm_up(args: &Args, pool: &Pool, load: &LoadSettings, run_id: &str, created: &mut Created) -> anyhow::Result<()> {
-    let orders = Workload::OneHotRow.orders(args.warmup, args.seed, &workload::product_prefix(run_id, "warmup"));
+/// `CONSUMERS=n scripts/up.sh`: scales the local stack and returns once the group settled.
+async fn scale_consumers(n: usize) -> anyhow::Result<()> {
+    eprintln!("scaling to {n} consumer(s): CONSUMERS={n} scripts/up.sh");
+    let output = tokio::process::Command::new("scripts/up.sh").env("CONSUMERS", n.to_string()).output().await.context("running scripts/up.sh")?;
+    anyhow::ensure!(output.status.success(), "CONSUMERS={n} scripts/up.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(())
+}
+
+async fn warm_up(args: &Args, pool: &Pool, load: &LoadSettings, run_id: &str, step: &str, created: &mut Created) -> anyhow::Result<()> {
+    let orders = Workload::OneHotRow.orders(args.warmup, args.seed, &workload::product_prefix(run_id, step));
     let stock: Vec<(String, i64)> = Workload::OneHotRow.stock(&orders);
     measure::create_stock(pool, &stock).await?;
     let products = measure::products(&stock);
