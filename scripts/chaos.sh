@@ -58,7 +58,8 @@ kill_consumer() {
     kill -KILL "$pid"
     kills=$((kills + 1))
     log "fault: consumer (pid $pid) SIGKILLed ($kills/$KILLS); restarting with scripts/up.sh"
-    scripts/up.sh >/dev/null 2>&1 || warn "up.sh failed after the kill"
+    # The extra members own partitions too, so up.sh must not wait for its own to own them all.
+    UP_WAIT_SETTLED=0 scripts/up.sh >/dev/null 2>&1 || warn "up.sh failed after the kill"
     wait_ready http://127.0.0.1:8081/ready
     recoveries+=("consumer SIGKILL #$kills: $(ms_since "$t0") ms to ready again")
 }
@@ -103,7 +104,7 @@ stop_producer() {
     kill -TERM "$pid"
     while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
     producer_stops=1
-    scripts/up.sh >/dev/null 2>&1 || warn "up.sh failed after the producer stop"
+    UP_WAIT_SETTLED=0 scripts/up.sh >/dev/null 2>&1 || warn "up.sh failed after the producer stop"
     recoveries+=("producer SIGTERM: $(ms_since "$t0") ms to ready again")
 }
 
