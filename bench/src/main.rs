@@ -2,6 +2,7 @@
 //! beside two references on the same PostgreSQL. See scripts/bench.sh.
 
 mod chart;
+mod consumers;
 mod load;
 mod measure;
 mod reference;
@@ -111,6 +112,10 @@ struct Args {
     /// each; one report. Empty: the stack as it is.
     #[arg(long, value_delimiter = ',')]
     consumers: Vec<usize>,
+    /// The first consumer's admin URL; the others of `scripts/up.sh` follow on the next ports.
+    /// Their /metrics give each run's breakdown (batch size, lock conflicts, backoff).
+    #[arg(long, env = "CONSUMER_ADMIN_URL", default_value = "http://127.0.0.1:8081")]
+    consumer_admin_url: String,
 }
 
 /// The products a run created, deleted at the end unless `--keep-data`.
@@ -194,7 +199,7 @@ async fn measure_all(args: &Args, pool: &Pool, load: &LoadSettings, run_id: &str
         for (index, workload) in args.workloads.iter().enumerate() {
             let step = format!("{tag}{}", 2 * index + 1);
             let name = format!("{}{suffix}", workload.name());
-            let run = run_workload(args, pool, load, *workload, name, &step, run_id, created).await?;
+            let run = run_workload(args, pool, load, *workload, name, &step, run_id, created, count).await?;
             let open_loop = *workload == Workload::FlashSale && args.open_loop_fraction > 0.0 && args.rate.is_none();
             let half = run.outcome.end_to_end_per_second * args.open_loop_fraction;
             report.runs.push(run);
@@ -202,7 +207,7 @@ async fn measure_all(args: &Args, pool: &Pool, load: &LoadSettings, run_id: &str
                 let settings = LoadSettings { rate: Some(half), ..load.clone() };
                 let name = format!("flash-sale open loop @ {half:.0}/s{suffix}");
                 let step = format!("{tag}{}", 2 * index + 2);
-                report.runs.push(run_workload(args, pool, &settings, *workload, name, &step, run_id, created).await?);
+                report.runs.push(run_workload(args, pool, &settings, *workload, name, &step, run_id, created, count).await?);
             }
         }
     }
@@ -238,7 +243,11 @@ async fn run_workload(
     step: &str,
     run_id: &str,
     created: &mut Created,
+    consumers: Option<usize>,
 ) -> anyhow::Result<Run> {
+    let consumers = consumers.unwrap_or_else(running_consumers);
+    let admin_urls = consumers::admin_urls(&args.consumer_admin_url, consumers)?;
+    let counters_before = consumers::scrape(&admin_urls).await;
     let orders = workload.orders(args.orders, args.seed, &workload::product_prefix(run_id, step));
     let stock = workload.stock(&orders);
     measure::create_stock(pool, &stock).await?;
@@ -267,6 +276,7 @@ async fn run_workload(
         eprintln!("{name}: only {finalized} of {expected} accepted orders finalized within {} s", args.timeout_seconds);
     }
     let (producer_peak, consumer_peak) = (producer_rss.finish(), consumer_rss.finish());
+    let breakdown = consumers::Breakdown::new(consumers, consumers::scrape(&admin_urls).await - counters_before);
     measure::analyze_orders(pool).await?;
     let outcome = measure::outcome(pool, &products).await?;
     let checks = measure::checks(pool, &result.accepted, &stock).await?;
@@ -283,7 +293,13 @@ async fn run_workload(
         checks,
         producer_peak_rss_mib: producer_peak,
         consumer_peak_rss_mib: consumer_peak,
+        consumers: breakdown,
     })
+}
+
+/// How many consumers `scripts/up.sh` last started (`.run/consumers`), else one.
+fn running_consumers() -> usize {
+    std::fs::read_to_string(".run/consumers").ok().and_then(|text| text.trim().parse().ok()).unwrap_or(1)
 }
 
 /// POST {admin}/pause or /resume on the consumer's admin server.

@@ -38,6 +38,8 @@ pub struct Run {
     pub checks: Checks,
     pub producer_peak_rss_mib: f64,
     pub consumer_peak_rss_mib: f64,
+    /// The consumer group's counters over the run.
+    pub consumers: crate::consumers::Breakdown,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,6 +135,18 @@ impl Report {
                 reference.orders,
                 reference.per_second,
                 if reference.checks_passed { "yes" } else { "NO" }
+            );
+        }
+        out.push('\n');
+        let _ = writeln!(out, "Where the consumers' time went (counters summed over the group, over each run):\n");
+        let _ = writeln!(out, "| run | consumers | batches | mean batch | mean batch ms | lock conflicts | conflict backoff s | backoff s per batch s |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for run in &self.runs {
+            let b = &run.consumers;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.2} | {:.3} |",
+                run.name, b.consumers, b.counters.batches, b.mean_batch_size, b.mean_batch_ms, b.counters.lock_conflicts, b.counters.backoff_seconds, b.backoff_share
             );
         }
         out.push('\n');
