@@ -3,6 +3,7 @@
 
 mod chart;
 mod consumers;
+mod cpu;
 mod load;
 mod measure;
 mod reference;
@@ -248,6 +249,9 @@ async fn run_workload(
     let consumers = consumers.unwrap_or_else(running_consumers);
     let admin_urls = consumers::admin_urls(&args.consumer_admin_url, consumers)?;
     let counters_before = consumers::scrape(&admin_urls).await;
+    let pid_dir = std::path::Path::new(&args.producer_pid_file).parent().unwrap_or(std::path::Path::new(".")).to_owned();
+    let database = database_name(&args.database_url);
+    let cpu_before = cpu::sample(&pid_dir, &database);
     let orders = workload.orders(args.orders, args.seed, &workload::product_prefix(run_id, step));
     let stock = workload.stock(&orders);
     measure::create_stock(pool, &stock).await?;
@@ -277,6 +281,7 @@ async fn run_workload(
     }
     let (producer_peak, consumer_peak) = (producer_rss.finish(), consumer_rss.finish());
     let breakdown = consumers::Breakdown::new(consumers, consumers::scrape(&admin_urls).await - counters_before);
+    let cpu_us_per_order = cpu::per_order(&cpu_before, &cpu::sample(&pid_dir, &database), orders.len());
     measure::analyze_orders(pool).await?;
     let outcome = measure::outcome(pool, &products).await?;
     let checks = measure::checks(pool, &result.accepted, &stock).await?;
@@ -294,7 +299,13 @@ async fn run_workload(
         producer_peak_rss_mib: producer_peak,
         consumer_peak_rss_mib: consumer_peak,
         consumers: breakdown,
+        cpu_us_per_order,
     })
+}
+
+/// The database name of a postgres:// URL, for telling its backends from others.
+fn database_name(url: &str) -> String {
+    url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default().to_owned()
 }
 
 /// How many consumers `scripts/up.sh` last started (`.run/consumers`), else one.

@@ -40,6 +40,8 @@ pub struct Run {
     pub consumer_peak_rss_mib: f64,
     /// The consumer group's counters over the run.
     pub consumers: crate::consumers::Breakdown,
+    /// CPU microseconds per order of each component over the run (from /proc).
+    pub cpu_us_per_order: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,6 +150,15 @@ impl Report {
                 "| {} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.2} | {:.3} |",
                 run.name, b.consumers, b.counters.batches, b.mean_batch_size, b.mean_batch_ms, b.counters.lock_conflicts, b.counters.backoff_seconds, b.backoff_share
             );
+        }
+        out.push('\n');
+        let _ = writeln!(out, "CPU per order, microseconds (user + system, from /proc; postgres = the backends of this database):\n");
+        let components: std::collections::BTreeSet<&String> = self.runs.iter().flat_map(|run| run.cpu_us_per_order.keys()).collect();
+        let _ = writeln!(out, "| run | {} | total |", components.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(out, "|---|{}---:|", "---:|".repeat(components.len()));
+        for run in &self.runs {
+            let cells: Vec<String> = components.iter().map(|c| format!("{:.1}", run.cpu_us_per_order.get(*c).copied().unwrap_or(0.0))).collect();
+            let _ = writeln!(out, "| {} | {} | {:.1} |", run.name, cells.join(" | "), run.cpu_us_per_order.values().sum::<f64>());
         }
         out.push('\n');
         for line in self.summary() {
