@@ -1,11 +1,14 @@
 //! Shared pieces of orderflow: the order and its validation, settings, PostgreSQL and
 //! Kafka helpers, logging, the embedded dev broker and test support.
 
+pub mod acked;
 pub mod admin_auth;
+pub mod command;
 pub mod config;
 pub mod db;
 pub mod dev_broker;
 pub mod errors;
+pub mod events;
 pub mod kafka;
 pub mod log_limit;
 pub mod metrics;

@@ -12,8 +12,12 @@ pub const MAX_QUANTITY: i64 = 10_000;
 /// `orders.amount` is NUMERIC(12,2): anything larger could pass validation and then poison a
 /// whole consumer batch, so the limit is enforced here.
 pub const MAX_AMOUNT_CENTS: i64 = 999_999_999_999;
+/// The hold an order may ask for, in seconds (issue #10); without one the consumer's
+/// RESERVATION_TTL_SECONDS applies.
+pub const MIN_HOLD_SECONDS: i64 = 1;
+pub const MAX_HOLD_SECONDS: i64 = 86_400;
 
-const FIELDS: [&str; 4] = ["customer_id", "product_id", "quantity", "amount"];
+const FIELDS: [&str; 5] = ["customer_id", "product_id", "quantity", "amount", "hold_seconds"];
 
 /// One problem with one field of one order. `index` is set for batch entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,6 +41,8 @@ pub struct NewOrder {
     pub product_id: String,
     pub quantity: i32,
     pub amount_cents: i64,
+    /// How long the reservation holds; `None` takes the consumer's default.
+    pub hold_seconds: Option<u32>,
 }
 
 impl NewOrder {
@@ -62,9 +68,16 @@ impl NewOrder {
         let amount_cents = take(&mut errors, "amount", object.get("amount"), |v| {
             v.as_f64().ok_or("must be a number").and_then(amount_to_cents)
         });
-        match (customer_id, product_id, quantity, amount_cents) {
-            (Some(customer_id), Some(product_id), Some(quantity), Some(amount_cents)) if errors.is_empty() => {
-                Ok(Self { customer_id, product_id, quantity, amount_cents })
+        // Optional: absent (or null) means the default hold.
+        let hold_seconds = match object.get("hold_seconds").filter(|v| !v.is_null()) {
+            None => Some(None),
+            Some(value) => take(&mut errors, "hold_seconds", Some(value), |v| {
+                whole_number(v).ok_or(HOLD_RULE).and_then(validate_hold).map(Some)
+            }),
+        };
+        match (customer_id, product_id, quantity, amount_cents, hold_seconds) {
+            (Some(customer_id), Some(product_id), Some(quantity), Some(amount_cents), Some(hold_seconds)) if errors.is_empty() => {
+                Ok(Self { customer_id, product_id, quantity, amount_cents, hold_seconds })
             }
             _ => Err(errors),
         }
@@ -81,6 +94,8 @@ struct OrderInput {
     #[serde(deserialize_with = "deserialize_whole_number")]
     quantity: i64,
     amount: f64,
+    #[serde(default, deserialize_with = "deserialize_optional_whole_number")]
+    hold_seconds: Option<i64>,
 }
 
 impl OrderInput {
@@ -90,6 +105,10 @@ impl OrderInput {
         Some(NewOrder {
             quantity: validate_quantity(self.quantity).ok()?,
             amount_cents: amount_to_cents(self.amount).ok()?,
+            hold_seconds: match self.hold_seconds {
+                None => None,
+                Some(seconds) => Some(validate_hold(seconds).ok()?),
+            },
             customer_id: self.customer_id,
             product_id: self.product_id,
         })
@@ -123,6 +142,22 @@ fn take<T>(
 }
 
 const QUANTITY_RULE: &str = "must be an integer from 1 to 10000";
+const HOLD_RULE: &str = "must be an integer from 1 to 86400";
+
+pub fn validate_hold(seconds: i64) -> Result<u32, &'static str> {
+    if !(MIN_HOLD_SECONDS..=MAX_HOLD_SECONDS).contains(&seconds) {
+        return Err(HOLD_RULE);
+    }
+    Ok(seconds as u32)
+}
+
+/// `deserialize_whole_number` for an optional field; null counts as absent.
+fn deserialize_optional_whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => whole_number(&value).map(Some).ok_or_else(|| serde::de::Error::custom("expected an integer")),
+    }
+}
 
 /// An integer, also when written as a whole float (`5.0`): JSON Schema counts that as an
 /// integer, and so do many JSON encoders.
@@ -190,12 +225,16 @@ pub struct PlacedOrder {
     pub amount: f64,
     #[serde(serialize_with = "serialize_rfc3339", deserialize_with = "deserialize_rfc3339")]
     pub placed_at: DateTime<Utc>,
+    /// Only when the client asked for a hold: messages without one stay byte for byte what
+    /// they were before holds existed, and those older messages parse as "default hold".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_seconds: Option<i64>,
 }
 
 /// `2026-11-22T14:10:59.478145222Z`, always nine fraction digits. chrono's `Serialize`
 /// formats through `core::fmt` one character at a time, which showed in the producer's
 /// profile; this writes the fixed-width form into a stack buffer.
-fn serialize_rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     use chrono::{Datelike, Timelike};
     if !(0..=9999).contains(&at.year()) || at.nanosecond() >= 1_000_000_000 {
         // A leap second (or a clock past RFC 3339's four-digit years): chrono's own form.
@@ -220,7 +259,7 @@ fn serialize_rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) ->
 
 /// chrono's own `Deserialize` goes through its general format parser; the RFC 3339 parser
 /// reads the same timestamps at a fraction of the cost, which shows at 100k messages/s.
-fn deserialize_rfc3339<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+pub(crate) fn deserialize_rfc3339<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
     let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
     DateTime::parse_from_rfc3339(&text).map(|at| at.with_timezone(&Utc)).map_err(serde::de::Error::custom)
 }
@@ -246,6 +285,7 @@ pub struct ValidOrder {
     pub quantity: i32,
     pub amount_cents: i64,
     pub placed_at: DateTime<Utc>,
+    pub hold_seconds: Option<u32>,
 }
 
 impl PlacedOrder {
@@ -257,6 +297,7 @@ impl PlacedOrder {
             quantity: i64::from(order.quantity),
             amount: order.amount_cents as f64 / 100.0,
             placed_at,
+            hold_seconds: order.hold_seconds.map(i64::from),
         }
     }
 
@@ -272,6 +313,7 @@ impl PlacedOrder {
         validate_id(&self.product_id).map_err(invalid("product_id"))?;
         let quantity = validate_quantity(self.quantity).map_err(invalid("quantity"))?;
         let amount_cents = amount_to_cents(self.amount).map_err(invalid("amount"))?;
+        let hold_seconds = self.hold_seconds.map(validate_hold).transpose().map_err(invalid("hold_seconds"))?;
         Ok(ValidOrder {
             order_id: self.order_id,
             customer_id: self.customer_id,
@@ -279,6 +321,7 @@ impl PlacedOrder {
             quantity,
             amount_cents,
             placed_at: self.placed_at,
+            hold_seconds,
         })
     }
 }
@@ -380,6 +423,13 @@ mod tests {
             r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "x": 1}"#,
             r#"{"customer_id": "C", "product_id": "P", "quantity": 1}"#,
             r#"{"customer_id": "C\u0007", "product_id": "P", "quantity": 1, "amount": 1}"#,
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "hold_seconds": 60}"#,
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "hold_seconds": 60.0}"#,
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "hold_seconds": null}"#,
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "hold_seconds": 0}"#,
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "hold_seconds": 86401}"#,
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "hold_seconds": 1.5}"#,
+            r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "hold_seconds": "60"}"#,
         ];
         for case in cases {
             let detailed = NewOrder::from_json(&serde_json::from_str(case).unwrap()).ok();
@@ -407,6 +457,7 @@ mod tests {
                 quantity: 1,
                 amount: 1.0,
                 placed_at,
+                hold_seconds: None,
             };
             let json = serde_json::to_value(&order).unwrap();
             let text = json["placed_at"].as_str().unwrap();
@@ -414,8 +465,45 @@ mod tests {
             assert_eq!(serde_json::from_value::<PlacedOrder>(json).unwrap(), order);
         }
         let text = serde_json::to_value(PlacedOrder { placed_at: cases[0], ..PlacedOrder::new(
-            NewOrder { customer_id: "C".into(), product_id: "P".into(), quantity: 1, amount_cents: 100 }, Uuid::nil(), cases[0]) }).unwrap();
+            NewOrder { customer_id: "C".into(), product_id: "P".into(), quantity: 1, amount_cents: 100, hold_seconds: None }, Uuid::nil(), cases[0]) }).unwrap();
         assert_eq!(text["placed_at"], "2026-11-22T14:10:59.478145222Z");
+    }
+
+    #[test]
+    fn hold_seconds_bounds_and_field_name() {
+        let hold = |h: Value| NewOrder::from_json(&json!({"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "hold_seconds": h}));
+        assert_eq!(hold(json!(1)).unwrap().hold_seconds, Some(1));
+        assert_eq!(hold(json!(86_400)).unwrap().hold_seconds, Some(86_400));
+        assert_eq!(hold(Value::Null).unwrap().hold_seconds, None);
+        for bad in [json!(0), json!(86_401), json!(-1), json!(2.5), json!("60")] {
+            assert_eq!(fields(hold(bad.clone()).unwrap_err()), ["hold_seconds"], "{bad}");
+        }
+    }
+
+    /// Placement messages without a hold must stay byte for byte what producers wrote before
+    /// holds existed (consumers of the topic outside orderflow may compare or hash them), and
+    /// those older messages must still parse.
+    #[test]
+    fn a_message_without_hold_is_unchanged_and_old_messages_parse() {
+        use chrono::TimeZone;
+        let placed_at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let order = NewOrder { customer_id: "C1".into(), product_id: "P1".into(), quantity: 2, amount_cents: 1050, hold_seconds: None };
+        let id = Uuid::parse_str("01900000-0000-7000-8000-000000000001").unwrap();
+        let text = serde_json::to_string(&PlacedOrder::new(order.clone(), id, placed_at)).unwrap();
+        let before_holds = r#"{"order_id":"01900000-0000-7000-8000-000000000001","customer_id":"C1","product_id":"P1","quantity":2,"amount":10.5,"placed_at":"2026-01-02T03:04:05.000000000Z"}"#;
+        assert_eq!(text, before_holds);
+        assert_eq!(PlacedOrder::from_payload(Some(before_holds.as_bytes())).unwrap().hold_seconds, None);
+
+        let held = PlacedOrder::new(NewOrder { hold_seconds: Some(30), ..order }, id, placed_at);
+        let text = serde_json::to_string(&held).unwrap();
+        assert!(text.ends_with(r#","hold_seconds":30}"#), "{text}");
+        assert_eq!(PlacedOrder::from_payload(Some(text.as_bytes())).unwrap().hold_seconds, Some(30));
+        let mut bad = held;
+        bad.hold_seconds = Some(0);
+        assert!(matches!(
+            PlacedOrder::from_payload(Some(&serde_json::to_vec(&bad).unwrap())),
+            Err(InvalidMessage::Invalid { field: "hold_seconds", .. })
+        ));
     }
 
     #[test]

@@ -107,6 +107,11 @@ fn request_hash(route: &str, orders: &[NewOrder]) -> Vec<u8> {
         }
         hasher.update(order.quantity.to_le_bytes());
         hasher.update(order.amount_cents.to_le_bytes());
+        // Only when present: keys stored before holds existed keep their hashes.
+        if let Some(hold) = order.hold_seconds {
+            hasher.update(b"hold");
+            hasher.update(hold.to_le_bytes());
+        }
     }
     hasher.finalize().to_vec()
 }

@@ -1,103 +1,21 @@
-//! Publishing accepted orders to Kafka. One idempotent, batching producer is shared by all
-//! requests; a request returns only when the broker has acknowledged every one of its orders.
+//! Publishing accepted orders and commands to Kafka. One idempotent, batching producer is
+//! shared by all requests; a request returns only when the broker has acknowledged every one
+//! of its messages (the counting itself is `orderflow_common::acked`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::util::Timeout;
-use rdkafka::ClientContext;
-use tokio::sync::oneshot;
+use rdkafka::error::KafkaError;
 
+use orderflow_common::acked::{AckedProducer, Outgoing};
+pub use orderflow_common::acked::PublishError;
 use orderflow_common::config::KafkaSettings;
 use orderflow_common::kafka;
-use orderflow_common::order::PlacedOrder;
 
 use crate::settings::PublishSettings;
 
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("broker did not acknowledge {failed} of {total} orders: {first}")]
-    NotAcknowledged { failed: usize, total: usize, first: KafkaError },
-    #[error("broker did not acknowledge within {0:?}")]
-    TimedOut(Duration),
-}
-
-/// The acknowledgements still owed for one request's orders. Every message of the request
-/// carries it as its delivery opaque; the last report (success or failure) wakes the request.
-/// One counter per request instead of one future per order: at 1000 orders per request the
-/// per-order futures were a tenth of the producer's CPU.
-struct PendingAcks {
-    remaining: AtomicUsize,
-    failed: AtomicUsize,
-    first_error: Mutex<Option<KafkaError>>,
-    all_reported: Mutex<Option<oneshot::Sender<()>>>,
-}
-
-impl PendingAcks {
-    fn new(count: usize) -> (Arc<Self>, oneshot::Receiver<()>) {
-        let (sender, receiver) = oneshot::channel();
-        let acks = Self {
-            remaining: AtomicUsize::new(count),
-            failed: AtomicUsize::new(0),
-            first_error: Mutex::new(None),
-            all_reported: Mutex::new(Some(sender)),
-        };
-        (Arc::new(acks), receiver)
-    }
-
-    fn report(&self, outcome: Result<(), KafkaError>) {
-        if let Err(error) = outcome {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            self.first_error.lock().expect("not poisoned").get_or_insert(error);
-        }
-        // AcqRel: the waiter that sees the last report also sees every failure recorded.
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Some(sender) = self.all_reported.lock().expect("not poisoned").take() {
-                let _ = sender.send(());
-            }
-        }
-    }
-
-    fn outcome(&self, total: usize) -> Result<(), PublishError> {
-        let failed = self.failed.load(Ordering::Acquire);
-        let Some(first) = self.first_error.lock().expect("not poisoned").take() else {
-            debug_assert_eq!(failed, 0);
-            return Ok(());
-        };
-        Err(PublishError::NotAcknowledged { failed, total, first })
-    }
-}
-
-/// Routes each delivery report to the request that sent the message.
-struct AckRouter;
-
-/// librdkafka's log lines and errors, rate-limited: with the broker down they repeat many
-/// times a second.
-impl ClientContext for AckRouter {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, text: &str) {
-        orderflow_common::kafka::log_librdkafka(level, facility, text);
-    }
-
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        orderflow_common::kafka::log_librdkafka_error(&error, reason);
-    }
-}
-
-impl ProducerContext for AckRouter {
-    type DeliveryOpaque = Arc<PendingAcks>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, acks: Self::DeliveryOpaque) {
-        acks.report(result.as_ref().map(|_| ()).map_err(|(error, _)| error.clone()));
-    }
-}
-
 pub struct OrderPublisher {
-    producer: ThreadedProducer<AckRouter>,
+    producer: AckedProducer,
     topic: String,
-    timeout: Duration,
 }
 
 impl OrderPublisher {
@@ -118,58 +36,24 @@ impl OrderPublisher {
             // Same key-to-partition mapping as the Java client, so mixed producers agree.
             .set("partitioner", "murmur2_random");
         kafka::apply_overrides(&mut config, kafka_settings);
-        Ok(Self {
-            producer: config.create_with_context(AckRouter)?,
-            topic: kafka_settings.topic.clone(),
-            timeout: publish.timeout(),
-        })
+        Ok(Self { producer: AckedProducer::new(&config, publish.timeout())?, topic: kafka_settings.topic.clone() })
     }
 
-    /// Publishes the orders, keyed by customer_id, and waits for all acknowledgements.
-    /// On error some orders may still have been written: the caller claims none of them.
-    pub async fn publish(&self, orders: &[PlacedOrder]) -> Result<(), PublishError> {
-        // No message means no delivery report, and nothing would ever wake the wait below.
-        if orders.is_empty() {
+    /// Publishes the messages (orders or commands), keyed by customer_id, and waits for all
+    /// acknowledgements. On error some may still have been written: the caller claims none.
+    pub async fn publish<M: Outgoing>(&self, messages: &[M]) -> Result<(), PublishError> {
+        if messages.is_empty() {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let (acks, all_reported) = PendingAcks::new(orders.len());
-        let mut payload = Vec::with_capacity(256);
-        for order in orders {
-            // librdkafka copies the payload, so one buffer serves every order.
-            payload.clear();
-            serde_json::to_writer(&mut payload, order).expect("an order always serializes");
-            self.enqueue(order.customer_id.as_bytes(), &payload, &acks, started).await;
-        }
-        // message.timeout.ms already bounds each delivery; this is the backstop.
-        let reported = tokio::time::timeout(self.timeout + Duration::from_secs(1), all_reported).await;
+        let outcome = self.producer.publish(&self.topic, messages).await;
         metrics::histogram!("kafka_produce_duration_seconds").record(started.elapsed().as_secs_f64());
-        if !matches!(reported, Ok(Ok(()))) {
-            metrics::counter!("kafka_produce_errors_total").increment(orders.len() as u64);
-            return Err(PublishError::TimedOut(self.timeout));
-        }
-        let outcome = acks.outcome(orders.len());
-        if let Err(PublishError::NotAcknowledged { failed, .. }) = &outcome {
-            metrics::counter!("kafka_produce_errors_total").increment(*failed as u64);
+        match &outcome {
+            Err(PublishError::NotAcknowledged { failed, .. }) => metrics::counter!("kafka_produce_errors_total").increment(*failed as u64),
+            Err(PublishError::TimedOut(_)) => metrics::counter!("kafka_produce_errors_total").increment(messages.len() as u64),
+            Ok(()) => {}
         }
         outcome
-    }
-
-    /// Hands one message to librdkafka. A full local queue is waited out (the queue drains as
-    /// the broker acknowledges) until the publish timeout; any other refusal is reported as
-    /// that message's failure.
-    async fn enqueue(&self, key: &[u8], payload: &[u8], acks: &Arc<PendingAcks>, started: std::time::Instant) {
-        let mut record = BaseRecord::with_opaque_to(&self.topic, acks.clone()).key(key).payload(payload);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) if started.elapsed() < self.timeout => {
-                    record = returned;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((error, _)) => return acks.report(Err(error)),
-            }
-        }
     }
 
     /// Readiness: the topic's metadata can be fetched through the producer's own connection.
@@ -179,36 +63,6 @@ impl OrderPublisher {
 
     /// Waits for queued messages at shutdown, so that nothing in flight is dropped.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(error) = self.producer.flush(Timeout::After(timeout)) {
-            tracing::warn!(%error, "producer flush at shutdown did not complete");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_request_wakes_only_after_the_last_report_and_sees_every_failure() {
-        let (acks, mut all_reported) = PendingAcks::new(3);
-        acks.report(Ok(()));
-        acks.report(Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)));
-        assert!(all_reported.try_recv().is_err(), "one acknowledgement is still owed");
-        acks.report(Ok(()));
-        all_reported.await.expect("woken by the last report");
-        match acks.outcome(3) {
-            Err(PublishError::NotAcknowledged { failed: 1, total: 3, .. }) => {}
-            other => panic!("expected one failure of three, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn all_acknowledged_is_success() {
-        let (acks, all_reported) = PendingAcks::new(2);
-        acks.report(Ok(()));
-        acks.report(Ok(()));
-        all_reported.await.expect("woken");
-        assert!(acks.outcome(2).is_ok());
+        self.producer.flush(timeout);
     }
 }
