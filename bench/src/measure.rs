@@ -210,8 +210,8 @@ pub async fn create_stock(pool: &Pool, stock: &[(String, i64)]) -> anyhow::Resul
     let transaction = client.transaction().await?;
     let created = transaction
         .execute(
-            "INSERT INTO inventory (product_id, product_name, available_quantity, reserved_quantity, total_quantity) \
-             SELECT p, 'orderflow bench product', q, 0, q FROM unnest($1::text[], $2::int8[]) AS s(p, q) \
+            "INSERT INTO inventory (product_id, product_name, available_quantity, reserved_quantity, total_quantity, received_quantity) \
+             SELECT p, 'orderflow bench product', q, 0, q, q FROM unnest($1::text[], $2::int8[]) AS s(p, q) \
              ON CONFLICT (product_id) DO NOTHING",
             &[&products, &quantities],
         )
@@ -266,7 +266,7 @@ mod tests {
         let client = pool.get().await.expect("connection");
         client
             .batch_execute(
-                "UPDATE inventory SET available_quantity = 37, reserved_quantity = 5, total_quantity = 42 WHERE product_id = 'PROD001'; \
+                "UPDATE inventory SET available_quantity = 37, reserved_quantity = 5, total_quantity = 42, received_quantity = 42 WHERE product_id = 'PROD001'; \
                  INSERT INTO orders (order_id, customer_id, product_id, quantity, amount, status, reason, created_at, processed_at) VALUES \
                  ('ffffffff-ffff-7fff-bfff-ffffffffffff', 'CUST001', 'PROD001', 5, 6499.95, 'reserved', NULL, now() - interval '18 hours', now() - interval '18 hours'), \
                  ('00000000-0000-7000-8000-000000000001', 'CUST002', 'PROD002', 1, 29.99, 'rejected', 'insufficient_stock', now() - interval '1 day', now() - interval '1 day')",

@@ -12,6 +12,7 @@ use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use orderflow_common::command::Inbound;
 use orderflow_common::order::ValidOrder;
 use orderflow_consumer::stats::Stats;
 use orderflow_consumer::worker_pool::WorkerPool;
@@ -91,15 +92,18 @@ pub async fn set_based(pool: &Pool, orders: &[Order], chunk: usize, workers: usi
     let never = CancellationToken::new();
     let started = Instant::now();
     for chunk in orders.chunks(chunk) {
-        let batch: Vec<ValidOrder> = chunk
+        let batch: Vec<Inbound> = chunk
             .iter()
-            .map(|order| ValidOrder {
-                order_id: Uuid::now_v7(),
-                customer_id: order.customer_id.clone(),
-                product_id: order.product_id.clone(),
-                quantity: order.quantity as i32,
-                amount_cents: (order.amount * 100.0).round() as i64,
-                placed_at: Utc::now(),
+            .map(|order| {
+                Inbound::Order(ValidOrder {
+                    order_id: Uuid::now_v7(),
+                    customer_id: order.customer_id.clone(),
+                    product_id: order.product_id.clone(),
+                    quantity: order.quantity as i32,
+                    amount_cents: (order.amount * 100.0).round() as i64,
+                    placed_at: Utc::now(),
+                    hold_seconds: None,
+                })
             })
             .collect();
         writer.write(&batch, &never).await.map_err(|_| anyhow::anyhow!("set-based write abandoned"))?;

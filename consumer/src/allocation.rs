@@ -49,21 +49,22 @@ pub fn allocate<'a>(
     orders: impl IntoIterator<Item = (&'a str, i32)>,
     available: &mut HashMap<String, i64>,
 ) -> Vec<Decision> {
-    orders
-        .into_iter()
-        .map(|(product_id, quantity)| {
-            let Some(stock) = available.get_mut(product_id) else {
-                return Decision::Rejected(RejectReason::UnknownProduct);
-            };
-            let quantity = i64::from(quantity);
-            debug_assert!(quantity > 0, "validation guarantees a positive quantity");
-            if *stock < quantity {
-                return Decision::Rejected(RejectReason::InsufficientStock);
-            }
-            *stock -= quantity;
-            Decision::Reserved
-        })
-        .collect()
+    orders.into_iter().map(|(product_id, quantity)| allocate_one(product_id, quantity, available)).collect()
+}
+
+/// The rule for one order (see `allocate`): its whole quantity if that much is left, taken
+/// from `available` in place.
+pub fn allocate_one(product_id: &str, quantity: i32, available: &mut HashMap<String, i64>) -> Decision {
+    let Some(stock) = available.get_mut(product_id) else {
+        return Decision::Rejected(RejectReason::UnknownProduct);
+    };
+    let quantity = i64::from(quantity);
+    debug_assert!(quantity > 0, "validation guarantees a positive quantity");
+    if *stock < quantity {
+        return Decision::Rejected(RejectReason::InsufficientStock);
+    }
+    *stock -= quantity;
+    Decision::Reserved
 }
 
 #[cfg(test)]

@@ -15,11 +15,16 @@ use tokio_util::sync::CancellationToken;
 
 use orderflow_common::errors::Chain;
 use orderflow_common::log_limit::{self, LogLimiter};
-use orderflow_common::order::{InvalidMessage, PlacedOrder, ValidOrder};
+use orderflow_common::command::Inbound;
+use orderflow_common::events::OrderEvent;
+use orderflow_common::order::InvalidMessage;
 
 use crate::context::OrderflowContext;
 use crate::control::Control;
 use crate::dead_letters::{DeadLetter, DeadLetterQueue};
+use crate::events::EventPublisher;
+use crate::fault;
+use crate::outbox::{self, Relay};
 use crate::gaps::{self, Gaps};
 use crate::offsets::ProcessedOffsets;
 use crate::settings::BatchSettings;
@@ -42,13 +47,14 @@ pub enum PipelineError {
 static KAFKA_ERRORS: LogLimiter = LogLimiter::new(log_limit::EVERY);
 static COMMIT_ERRORS: LogLimiter = LogLimiter::new(log_limit::EVERY);
 static DEAD_LETTER_ERRORS: LogLimiter = LogLimiter::new(log_limit::EVERY);
+static EVENT_ERRORS: LogLimiter = LogLimiter::new(log_limit::EVERY);
 
-/// One message as read: where it came from, and the order or why there is none.
+/// One message as read: where it came from, and the order or command, or why there is none.
 struct Received {
     partition: i32,
     offset: i64,
-    /// The order, or the message as it arrived (for the dead-letter topic).
-    order: Result<ValidOrder, DeadLetter>,
+    /// The order or command, or the message as it arrived (for the dead-letter topic).
+    message: Result<Inbound, DeadLetter>,
 }
 
 pub struct Pipeline {
@@ -64,6 +70,11 @@ pub struct Pipeline {
     /// How long a write may take before fetching is paused and the consumer is polled
     /// while it waits (see `wait_for_write`).
     pub hold_after: Duration,
+    /// `order-events`, unless ORDER_EVENTS is off: a batch's events are published (and
+    /// acknowledged) before its offsets are recorded.
+    pub events: Option<Arc<EventPublisher>>,
+    /// Relays outbox rows a batch wrote, right after it.
+    pub relay: Option<Arc<Relay>>,
 }
 
 /// A batch being written while the next one is collected.
@@ -169,13 +180,13 @@ impl Pipeline {
     fn start(&self, batch: Vec<Received>, abandon: &CancellationToken) -> InFlight {
         let started = Instant::now();
         let batch = self.drop_revoked(batch);
-        let mut orders = Vec::with_capacity(batch.len());
+        let mut messages = Vec::with_capacity(batch.len());
         let mut positions = Vec::with_capacity(batch.len());
         let mut letters = Vec::new();
         for received in batch {
             positions.push((received.partition, received.offset));
-            match received.order {
-                Ok(order) => orders.push(order),
+            match received.message {
+                Ok(message) => messages.push(message),
                 Err(letter) => {
                     tracing::warn!(partition = letter.partition, offset = letter.offset, error = %letter.error, "invalid message goes to the dead-letter topic");
                     letters.push(letter);
@@ -184,11 +195,24 @@ impl Pipeline {
         }
         let failed = letters.len() as u64;
         let (workers, dead_letters, abandon) = (self.workers.clone(), self.dead_letters.clone(), abandon.clone());
+        let (events, relay) = (self.events.clone(), self.relay.clone());
         let write = tokio::spawn(async move {
-            let (applied, dead_lettered) =
-                tokio::join!(workers.write(&orders, &abandon), send_dead_letters(&dead_letters, letters, &abandon));
+            let (written, dead_lettered) =
+                tokio::join!(workers.write(&messages, &abandon), send_dead_letters(&dead_letters, letters, &abandon));
             dead_lettered?;
-            applied
+            let written = written?;
+            if !messages.is_empty() {
+                fault::after_commit(fault::Point::Batch);
+            }
+            // Every part has committed: the events are of committed changes only. The
+            // offsets wait for their acknowledgement (the write task ends after it).
+            if let Some(events) = &events {
+                send_events(events, &written.events, &abandon).await?;
+            }
+            if written.outbox > 0 {
+                outbox::after_commit(relay.as_deref()).await;
+            }
+            Ok(written.applied)
         });
         InFlight { write, positions, failed, started }
     }
@@ -312,14 +336,14 @@ impl Pipeline {
 
 impl From<&BorrowedMessage<'_>> for Received {
     fn from(message: &BorrowedMessage<'_>) -> Self {
-        let order = PlacedOrder::from_payload(message.payload()).map_err(|error: InvalidMessage| DeadLetter {
+        let parsed = Inbound::from_payload(message.payload()).map_err(|error: InvalidMessage| DeadLetter {
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
             error: error.to_string(),
         });
-        Self { partition: message.partition(), offset: message.offset(), order }
+        Self { partition: message.partition(), offset: message.offset(), message: parsed }
     }
 }
 
@@ -341,6 +365,26 @@ fn consumer_error(error: KafkaError) -> Result<(), PipelineError> {
 /// The kind of a Kafka error, for rate limiting and metric labels: librdkafka's code name.
 fn kind(error: &KafkaError) -> String {
     error.rdkafka_error_code().map_or_else(|| "Other".to_owned(), |code| format!("{code:?}"))
+}
+
+/// Retries until `order-events` acknowledged every event. A failed attempt sends them all
+/// again: duplicates carry the same event_id, and consumers of the topic dedupe by it.
+async fn send_events(publisher: &EventPublisher, events: &[OrderEvent], abandon: &CancellationToken) -> Result<(), Abandoned> {
+    let mut attempt = 0_u32;
+    loop {
+        let error = match publisher.publish(events, "batch").await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        attempt += 1;
+        if let Some(suppressed) = EVENT_ERRORS.allow("publish") {
+            tracing::error!(error = %Chain(&error), events = events.len(), attempt, suppressed, "order-events did not take the batch's events; retrying, offsets held");
+        }
+        tokio::select! {
+            _ = abandon.cancelled() => return Err(Abandoned),
+            _ = tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(5)))) => {}
+        }
+    }
 }
 
 /// Retries until the dead-letter topic took every letter: an invalid message's offset is

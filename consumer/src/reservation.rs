@@ -1,17 +1,23 @@
-//! One reservation transaction for a set of orders: lock each product row once, skip orders
-//! already applied, allocate in memory, and write orders and stock set-based, in four
-//! statements whatever the number of orders.
+//! One transaction for a part of a batch (placements and commands of a set of products):
+//! lock each product row once, read what exists, decide in memory (`lifecycle`), and write
+//! orders, commands and stock set-based, in a fixed number of statements whatever the size.
 
 use std::collections::{HashMap, HashSet};
 
-use deadpool_postgres::Pool;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Pool, Transaction};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::IsolationLevel;
 use uuid::Uuid;
 
+use orderflow_common::command::{CommandKind, ValidCommand};
+use orderflow_common::events::OrderEvent;
 use orderflow_common::order::ValidOrder;
 
-use crate::allocation::{allocate, Decision, RejectReason};
+use crate::allocation::{Decision, RejectReason};
+use crate::events::{self, CommandOutcome};
+use crate::lifecycle::{Change, Hold, Ledger, Outcome, Refusal, Status, Step, StockDelta, Verdict};
+use crate::outbox;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {
@@ -89,15 +95,50 @@ pub struct Applied {
     pub reserved: u64,
     pub insufficient_stock: u64,
     pub unknown_product: u64,
-    /// Orders that were already in the database (redeliveries): left untouched.
+    /// Orders and commands that were already in the database (redeliveries): left untouched.
     pub already_applied: u64,
     /// Attempts that hit a locked row and were retried.
     pub lock_conflicts: u64,
+    pub confirmed: u64,
+    pub cancelled: u64,
+    pub expired: u64,
+    /// Refused commands, by kind (confirm, cancel) and `Refusal` (see `refusal_index`).
+    pub refused: [[u64; REFUSALS.len()]; 2],
+    /// Commands whose order is not known yet: waiting in `order_commands`.
+    pub parked: u64,
+}
+
+/// Every refusal, in the order of `Applied::refused`.
+pub const REFUSALS: [Refusal; 5] =
+    [Refusal::HoldExpired, Refusal::HoldCancelled, Refusal::AlreadyConfirmed, Refusal::OrderRejected, Refusal::UnknownOrder];
+
+pub fn refusal_index(refusal: Refusal) -> usize {
+    REFUSALS.iter().position(|r| *r == refusal).expect("every refusal is listed")
+}
+
+pub fn kind_index(kind: CommandKind) -> usize {
+    match kind {
+        CommandKind::Confirm => 0,
+        CommandKind::Cancel => 1,
+    }
 }
 
 impl Applied {
     pub fn rejected(&self) -> u64 {
         self.insufficient_stock + self.unknown_product
+    }
+
+    pub fn refusals(&self) -> u64 {
+        self.refused.iter().flatten().sum()
+    }
+
+    /// Messages decided by this transaction (placements and commands), redeliveries excluded.
+    pub fn commands(&self) -> u64 {
+        self.confirmed + self.cancelled + self.refusals() + self.parked
+    }
+
+    pub fn record_refusal(&mut self, kind: CommandKind, refusal: Refusal) {
+        self.refused[kind_index(kind)][refusal_index(refusal)] += 1;
     }
 }
 
@@ -108,110 +149,454 @@ impl std::ops::AddAssign for Applied {
         self.unknown_product += other.unknown_product;
         self.already_applied += other.already_applied;
         self.lock_conflicts += other.lock_conflicts;
+        self.confirmed += other.confirmed;
+        self.cancelled += other.cancelled;
+        self.expired += other.expired;
+        for (mine, theirs) in self.refused.iter_mut().flatten().zip(other.refused.iter().flatten()) {
+            *mine += theirs;
+        }
+        self.parked += other.parked;
     }
+}
+
+/// One worker's share of a batch: its steps in offset order (order_ids and command_ids
+/// unique) and every product they touch, sorted.
+#[derive(Debug, Default)]
+pub struct Part<'a> {
+    pub steps: Vec<Step<'a>>,
+    pub products: Vec<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LifecycleSettings {
+    /// The hold of orders that do not ask for one (RESERVATION_TTL_SECONDS).
+    pub default_hold_seconds: u32,
+    /// Whether events are built and published (ORDER_EVENTS).
+    pub events: bool,
+}
+
+/// A committed part: what it did, the events the batch loop must publish before the batch's
+/// offsets move, and how many events it left in the outbox.
+#[derive(Debug, Default)]
+pub struct PartResult {
+    pub applied: Applied,
+    pub events: Vec<OrderEvent>,
+    pub outbox: usize,
 }
 
 // Sorting before locking gives every transaction the same lock order. With NOWAIT that
-// prevents livelock between two batches that each hold half of the other's rows.
-const LOCK_PRODUCTS: &str = "SELECT product_id, available_quantity FROM inventory \
+// prevents livelock between two batches that each hold half of the other's rows. now() is
+// the transaction's timestamp: every time the transaction writes or compares is this one.
+pub(crate) const LOCK_PRODUCTS: &str = "SELECT product_id, available_quantity, now() FROM inventory \
      WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE NOWAIT";
 
-const FIND_APPLIED: &str = "SELECT order_id FROM orders WHERE order_id = ANY($1)";
+pub(crate) const NOW: &str = "SELECT now()";
+
+/// Orders of the part that exist: placements already applied (redeliveries), and the orders
+/// commands act on. Read only after the locks: any transaction changing them holds the same
+/// product locks, so what this sees is final until our commit.
+const FIND_ORDERS: &str = "SELECT order_id, customer_id, product_id, quantity, status, reason, expires_at, processed_at \
+     FROM orders WHERE order_id = ANY($1)";
+
+/// Commands decided before (redeliveries), or parked and now applicable. Locked, so that the
+/// sweeper's refusal of a parked command and its application here cannot both happen.
+const FIND_COMMANDS: &str = "SELECT command_id, outcome, reason, decided_at FROM order_commands \
+     WHERE command_id = ANY($1) FOR UPDATE";
+
+/// Parked commands of this part's orders, to apply right after their placement. The partial
+/// index holds only pending commands, normally none.
+const FIND_PARKED: &str = "SELECT command_id, order_id, customer_id, kind, issued_at FROM order_commands \
+     WHERE outcome = 'pending' AND order_id = ANY($1) ORDER BY received_at, command_id FOR UPDATE";
 
 const INSERT_ORDERS: &str = "INSERT INTO orders \
-     (order_id, customer_id, product_id, quantity, amount, status, reason, created_at, processed_at) \
+     (order_id, customer_id, product_id, quantity, amount, status, reason, created_at, processed_at, status_changed_at, expires_at) \
      SELECT o.order_id, o.customer_id, o.product_id, o.quantity, (o.amount_cents::numeric / 100)::numeric(12, 2), \
-            o.status, o.reason, o.created_at, statement_timestamp() \
-     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::text[], $7::text[], $8::timestamptz[]) \
-          AS o(order_id, customer_id, product_id, quantity, amount_cents, status, reason, created_at) \
+            o.status, o.reason, o.created_at, $9, $9, o.expires_at \
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::text[], $7::text[], $8::timestamptz[], $10::timestamptz[]) \
+          AS o(order_id, customer_id, product_id, quantity, amount_cents, status, reason, created_at, expires_at) \
      ON CONFLICT (order_id) DO NOTHING";
 
-const TAKE_STOCK: &str = "UPDATE inventory AS i \
-     SET available_quantity = i.available_quantity - d.quantity, \
-         reserved_quantity = i.reserved_quantity + d.quantity, \
-         updated_at = statement_timestamp() \
-     FROM unnest($1::text[], $2::int8[]) AS d(product_id, quantity) \
+const CHANGE_ORDERS: &str = "UPDATE orders AS o SET status = c.status, reason = c.reason, status_changed_at = $4 \
+     FROM unnest($1::uuid[], $2::text[], $3::text[]) AS c(order_id, status, reason) \
+     WHERE o.order_id = c.order_id AND o.status = 'reserved'";
+
+/// New commands are inserted; a parked one (pending) gets its decision. A decided one is
+/// never touched again.
+const RECORD_COMMANDS: &str = "INSERT INTO order_commands \
+     (command_id, order_id, customer_id, kind, outcome, reason, issued_at, received_at, decided_at) \
+     SELECT c.command_id, c.order_id, c.customer_id, c.kind, c.outcome, c.reason, c.issued_at, $8, \
+            CASE WHEN c.outcome = 'pending' THEN NULL ELSE $8 END \
+     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]) \
+          AS c(command_id, order_id, customer_id, kind, outcome, reason, issued_at) \
+     ON CONFLICT (command_id) DO UPDATE SET outcome = excluded.outcome, reason = excluded.reason, decided_at = excluded.decided_at \
+     WHERE order_commands.outcome = 'pending'";
+
+pub(crate) const MOVE_STOCK: &str = "UPDATE inventory AS i \
+     SET available_quantity = i.available_quantity + d.available, \
+         reserved_quantity = i.reserved_quantity + d.reserved, \
+         total_quantity = i.total_quantity + d.total, \
+         sold_quantity = i.sold_quantity + d.sold, \
+         updated_at = now() \
+     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS d(product_id, available, reserved, total, sold) \
      WHERE i.product_id = d.product_id";
 
-/// Applies `orders` (in offset order, order_ids unique) in one READ COMMITTED transaction.
-pub async fn reserve(pool: &Pool, orders: &[&ValidOrder]) -> Result<Applied, ReserveError> {
-    debug_assert!(
-        orders.iter().map(|o| o.order_id).collect::<HashSet<_>>().len() == orders.len(),
-        "callers remove duplicate order_ids first"
-    );
+/// Applies a part in one READ COMMITTED transaction: lock its products (sorted, NOWAIT),
+/// read what exists, decide in memory (`lifecycle::Ledger`), write set-based, commit.
+pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -> Result<PartResult, ReserveError> {
     let mut client = pool.get().await?;
     let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
+    let (available, now) = lock_products(&transaction, &part.products).await?;
 
-    let mut products: Vec<&str> = orders.iter().map(|o| o.product_id.as_str()).collect();
-    products.sort_unstable();
-    products.dedup();
-    let lock = transaction.prepare_cached(LOCK_PRODUCTS).await?;
-    let mut available: HashMap<String, i64> =
-        transaction.query(&lock, &[&products]).await?.iter().map(|row| (row.get(0), row.get(1))).collect();
-    let stock_before = available.clone();
-
-    // Only after the locks: a concurrent transaction applying the same order must hold the
-    // same product lock, so what this query sees is final for every known product.
-    let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
-    let find = transaction.prepare_cached(FIND_APPLIED).await?;
-    let applied: HashSet<Uuid> = transaction.query(&find, &[&ids]).await?.iter().map(|row| row.get(0)).collect();
-    let new: Vec<&ValidOrder> = orders.iter().copied().filter(|o| !applied.contains(&o.order_id)).collect();
-
-    let decisions = allocate(new.iter().map(|o| (o.product_id.as_str(), o.quantity)), &mut available);
-    let inserted = insert_orders(&transaction, &new, &decisions).await?;
-    if inserted != new.len() as u64 {
-        return Err(ReserveError::ConcurrentlyApplied(new.len() - inserted as usize));
+    let mut placement_ids = Vec::new();
+    let mut command_ids = Vec::new();
+    let mut order_ids = Vec::new();
+    for step in &part.steps {
+        match step {
+            Step::Place(order) => {
+                placement_ids.push(order.order_id);
+                order_ids.push(order.order_id);
+            }
+            Step::Command { command, .. } => {
+                command_ids.push(command.command_id);
+                order_ids.push(command.order_id);
+            }
+        }
     }
-    take_stock(&transaction, &stock_before, &available).await?;
-    transaction.commit().await?;
+    debug_assert!(placement_ids.iter().collect::<HashSet<_>>().len() == placement_ids.len(), "callers remove duplicate order_ids first");
+    // Pipelined: the three lookups cost one round trip.
+    let find_orders = transaction.prepare_cached(FIND_ORDERS).await?;
+    let (find_commands, find_parked) = tokio::try_join!(transaction.prepare_cached(FIND_COMMANDS), transaction.prepare_cached(FIND_PARKED))?;
+    let (order_param, command_param, placement_param) = ([&order_ids as &Param], [&command_ids as &Param], [&placement_ids as &Param]);
+    let (found, decided, parked) = tokio::try_join!(
+        transaction.query(&find_orders, &order_param),
+        async {
+            if command_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            transaction.query(&find_commands, &command_param).await
+        },
+        async {
+            if placement_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            transaction.query(&find_parked, &placement_param).await
+        },
+    )?;
 
-    let count = |wanted: Decision| decisions.iter().filter(|d| **d == wanted).count() as u64;
-    Ok(Applied {
-        reserved: count(Decision::Reserved),
-        insufficient_stock: count(Decision::Rejected(RejectReason::InsufficientStock)),
-        unknown_product: count(Decision::Rejected(RejectReason::UnknownProduct)),
-        already_applied: applied.len() as u64,
-        lock_conflicts: 0,
-    })
+    let mut existing: HashMap<Uuid, Stored> = HashMap::with_capacity(found.len());
+    for row in &found {
+        existing.insert(row.get(0), Stored::from_row(row));
+    }
+    let decided: HashMap<Uuid, (String, Option<String>, Option<DateTime<Utc>>)> =
+        decided.iter().map(|row| (row.get(0), (row.get(1), row.get(2), row.get(3)))).collect();
+    let own_commands: HashSet<Uuid> = command_ids.iter().copied().collect();
+    let mut parked_by_order: HashMap<Uuid, Vec<ValidCommand>> = HashMap::new();
+    for row in &parked {
+        let command = ValidCommand {
+            command_id: row.get(0),
+            order_id: row.get(1),
+            customer_id: row.get(2),
+            kind: CommandKind::parse(row.get(3)).expect("the table's CHECK allows only known kinds"),
+            issued_at: row.get(4),
+        };
+        // The same command redelivered in this part is applied there, once.
+        if !own_commands.contains(&command.command_id) {
+            parked_by_order.entry(command.order_id).or_default().push(command);
+        }
+    }
+
+    let mut result = PartResult::default();
+    let mut steps = Vec::with_capacity(part.steps.len());
+    for step in &part.steps {
+        match *step {
+            Step::Place(order) => {
+                if let Some(stored) = existing.get(&order.order_id) {
+                    result.applied.already_applied += 1;
+                    if settings.events {
+                        result.events.push(events::placed(order.order_id, &stored.hold, stored.reason.as_deref(), stored.processed_at));
+                    }
+                } else {
+                    steps.push(Step::Place(order));
+                }
+                for command in parked_by_order.get(&order.order_id).into_iter().flatten() {
+                    steps.push(Step::Command { command, parked: true });
+                }
+            }
+            Step::Command { command, parked } => match decided.get(&command.command_id) {
+                Some((outcome, reason, decided_at)) if outcome != "pending" => {
+                    result.applied.already_applied += 1;
+                    if settings.events {
+                        let outcome = CommandOutcome::stored(outcome, reason.as_deref()).expect("a decided command has an outcome");
+                        let hold = existing.get(&command.order_id).map(|stored| &stored.hold);
+                        let at = decided_at.expect("a decided command has its time");
+                        result.events.push(events::decided(command.command_id, command.kind, command.order_id, &command.customer_id, hold, outcome, at));
+                    }
+                }
+                _ => steps.push(Step::Command { command, parked }),
+            },
+        }
+    }
+
+    let mut ledger = Ledger::new(available, existing.iter().map(|(id, stored)| (*id, stored.hold.clone())).collect());
+    let outcomes = ledger.apply(&steps, now, settings.default_hold_seconds);
+    let mut writes = Writes::default();
+    let mut outbox_events = Vec::new();
+    for (step, outcome) in steps.iter().zip(&outcomes) {
+        match (step, outcome) {
+            (Step::Place(order), Outcome::Placed { decision, expires_at, .. }) => {
+                match decision {
+                    Decision::Reserved => result.applied.reserved += 1,
+                    Decision::Rejected(RejectReason::InsufficientStock) => result.applied.insufficient_stock += 1,
+                    Decision::Rejected(RejectReason::UnknownProduct) => result.applied.unknown_product += 1,
+                }
+                writes.placements.push((order, *decision, *expires_at));
+                if settings.events {
+                    let hold = Hold {
+                        customer_id: order.customer_id.clone(),
+                        product_id: order.product_id.clone(),
+                        quantity: order.quantity,
+                        status: if *decision == Decision::Reserved { Status::Reserved } else { Status::Rejected },
+                        expires_at: *expires_at,
+                    };
+                    result.events.push(events::placed(order.order_id, &hold, decision.reason(), now));
+                }
+            }
+            (Step::Command { command, parked }, Outcome::Decided { verdict, .. }) => {
+                match (verdict.change, verdict.refusal) {
+                    (Some(Change::Confirm), _) => result.applied.confirmed += 1,
+                    (Some(Change::Cancel), _) => result.applied.cancelled += 1,
+                    (Some(Change::Expire), _) => result.applied.expired += 1,
+                    (None, _) => {}
+                }
+                if let Some(refusal) = verdict.refusal {
+                    result.applied.record_refusal(command.kind, refusal);
+                }
+                if let Some(change) = verdict.change {
+                    writes.changes.insert(command.order_id, change);
+                }
+                writes.commands.push((command, Some(*verdict)));
+                if settings.events {
+                    let hold = &ledger.orders[&command.order_id];
+                    let event = events::decided(
+                        command.command_id,
+                        command.kind,
+                        command.order_id,
+                        &command.customer_id,
+                        Some(hold),
+                        CommandOutcome::of(verdict.refusal),
+                        now,
+                    );
+                    if verdict.change == Some(Change::Expire) {
+                        outbox_events.push(events::expired(command.order_id, hold, now));
+                    }
+                    if *parked {
+                        outbox_events.push(event);
+                    } else {
+                        result.events.push(event);
+                    }
+                }
+            }
+            (Step::Command { command, .. }, Outcome::Unknown { .. }) => {
+                result.applied.parked += 1;
+                writes.commands.push((command, None));
+            }
+            (step, outcome) => unreachable!("the ledger answers each step in kind: {step:?} -> {outcome:?}"),
+        }
+    }
+
+    let inserted = insert_orders(&transaction, &writes.placements, now).await?;
+    if inserted != writes.placements.len() as u64 {
+        return Err(ReserveError::ConcurrentlyApplied(writes.placements.len() - inserted as usize));
+    }
+    change_orders(&transaction, &writes.changes, now).await?;
+    record_commands(&transaction, &writes.commands, now).await?;
+    move_stock(&transaction, &ledger.deltas).await?;
+    outbox::write(&transaction, &outbox_events).await?;
+    transaction.commit().await?;
+    result.outbox = outbox_events.len();
+    Ok(result)
+}
+
+/// Parks commands whose order is not known (not in the batch, not in the database): they
+/// wait in `order_commands` as `pending` until their order is placed (applied right after
+/// it, in the placement's transaction) or until PARKED_COMMAND_TTL_SECONDS, when the sweeper
+/// refuses them `unknown_order`. A command decided before (a redelivery) gets its event
+/// rebuilt. No product lock: nothing here touches stock. An order placed concurrently by
+/// another consumer may miss such a command; the sweeper applies those (see `expiry`).
+pub async fn park(pool: &Pool, commands: &[&ValidCommand], settings: &LifecycleSettings) -> Result<PartResult, ReserveError> {
+    let mut client = pool.get().await?;
+    let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
+    let command_ids: Vec<Uuid> = commands.iter().map(|c| c.command_id).collect();
+    let order_ids: Vec<Uuid> = commands.iter().map(|c| c.order_id).collect();
+    let (find_commands, find_orders, now) =
+        tokio::try_join!(transaction.prepare_cached(FIND_COMMANDS), transaction.prepare_cached(FIND_ORDERS), transaction.prepare_cached(NOW))?;
+    let (command_param, order_param) = ([&command_ids as &Param], [&order_ids as &Param]);
+    let (decided, found, now) = tokio::try_join!(
+        transaction.query(&find_commands, &command_param),
+        transaction.query(&find_orders, &order_param),
+        transaction.query_one(&now, &[]),
+    )?;
+    let now: DateTime<Utc> = now.get(0);
+    let decided: HashMap<Uuid, (String, Option<String>, Option<DateTime<Utc>>)> =
+        decided.iter().map(|row| (row.get(0), (row.get(1), row.get(2), row.get(3)))).collect();
+    let existing: HashMap<Uuid, Stored> = found.iter().map(|row| (row.get(0), Stored::from_row(row))).collect();
+    let mut result = PartResult::default();
+    let mut new = Vec::new();
+    for command in commands {
+        match decided.get(&command.command_id) {
+            Some((outcome, reason, decided_at)) if outcome != "pending" => {
+                result.applied.already_applied += 1;
+                if settings.events {
+                    let outcome = CommandOutcome::stored(outcome, reason.as_deref()).expect("a decided command has an outcome");
+                    let hold = existing.get(&command.order_id).map(|stored| &stored.hold);
+                    let at = decided_at.expect("a decided command has its time");
+                    result.events.push(events::decided(command.command_id, command.kind, command.order_id, &command.customer_id, hold, outcome, at));
+                }
+            }
+            Some(_) => result.applied.already_applied += 1,
+            None => {
+                result.applied.parked += 1;
+                new.push((*command, None));
+            }
+        }
+    }
+    record_commands(&transaction, &new, now).await?;
+    transaction.commit().await?;
+    Ok(result)
+}
+
+type Param = dyn tokio_postgres::types::ToSql + Sync;
+
+/// A stored order as `FIND_ORDERS` returns it.
+struct Stored {
+    hold: Hold,
+    reason: Option<String>,
+    processed_at: DateTime<Utc>,
+}
+
+impl Stored {
+    fn from_row(row: &tokio_postgres::Row) -> Self {
+        Self {
+            hold: Hold {
+                customer_id: row.get(1),
+                product_id: row.get(2),
+                quantity: row.get(3),
+                status: Status::parse(row.get(4)).expect("the table's CHECK allows only known states"),
+                expires_at: row.get(6),
+            },
+            reason: row.get(5),
+            processed_at: row.get(7),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Writes<'a> {
+    placements: Vec<(&'a ValidOrder, Decision, Option<DateTime<Utc>>)>,
+    /// The order's change (at most one: every state it leads to is final).
+    changes: HashMap<Uuid, Change>,
+    /// Decided commands, and parked ones (`None`).
+    commands: Vec<(&'a ValidCommand, Option<Verdict>)>,
+}
+
+/// Locks `products` and returns their available stock and the transaction's time.
+pub(crate) async fn lock_products(
+    transaction: &Transaction<'_>,
+    products: &[&str],
+) -> Result<(HashMap<String, i64>, DateTime<Utc>), ReserveError> {
+    debug_assert!(products.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
+    let lock = transaction.prepare_cached(LOCK_PRODUCTS).await?;
+    let rows = transaction.query(&lock, &[&products]).await?;
+    let now = match rows.first() {
+        Some(row) => row.get(2),
+        None => {
+            let query = transaction.prepare_cached(NOW).await?;
+            transaction.query_one(&query, &[]).await?.get(0)
+        }
+    };
+    Ok((rows.iter().map(|row| (row.get(0), row.get(1))).collect(), now))
 }
 
 async fn insert_orders(
-    transaction: &deadpool_postgres::Transaction<'_>,
-    orders: &[&ValidOrder],
-    decisions: &[Decision],
+    transaction: &Transaction<'_>,
+    placements: &[(&ValidOrder, Decision, Option<DateTime<Utc>>)],
+    now: DateTime<Utc>,
 ) -> Result<u64, ReserveError> {
-    if orders.is_empty() {
+    if placements.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
-    let customers: Vec<&str> = orders.iter().map(|o| o.customer_id.as_str()).collect();
-    let products: Vec<&str> = orders.iter().map(|o| o.product_id.as_str()).collect();
-    let quantities: Vec<i32> = orders.iter().map(|o| o.quantity).collect();
-    let amounts: Vec<i64> = orders.iter().map(|o| o.amount_cents).collect();
-    let statuses: Vec<&str> = decisions.iter().map(|d| d.status()).collect();
-    let reasons: Vec<Option<&str>> = decisions.iter().map(|d| d.reason()).collect();
-    let created: Vec<chrono::DateTime<chrono::Utc>> = orders.iter().map(|o| o.placed_at).collect();
+    let ids: Vec<Uuid> = placements.iter().map(|(o, ..)| o.order_id).collect();
+    let customers: Vec<&str> = placements.iter().map(|(o, ..)| o.customer_id.as_str()).collect();
+    let products: Vec<&str> = placements.iter().map(|(o, ..)| o.product_id.as_str()).collect();
+    let quantities: Vec<i32> = placements.iter().map(|(o, ..)| o.quantity).collect();
+    let amounts: Vec<i64> = placements.iter().map(|(o, ..)| o.amount_cents).collect();
+    let statuses: Vec<&str> = placements.iter().map(|(_, d, _)| d.status()).collect();
+    let reasons: Vec<Option<&str>> = placements.iter().map(|(_, d, _)| d.reason()).collect();
+    let created: Vec<DateTime<Utc>> = placements.iter().map(|(o, ..)| o.placed_at).collect();
+    let expires: Vec<Option<DateTime<Utc>>> = placements.iter().map(|(.., e)| *e).collect();
     let insert = transaction.prepare_cached(INSERT_ORDERS).await?;
     Ok(transaction
-        .execute(&insert, &[&ids, &customers, &products, &quantities, &amounts, &statuses, &reasons, &created])
+        .execute(&insert, &[&ids, &customers, &products, &quantities, &amounts, &statuses, &reasons, &created, &now, &expires])
         .await?)
 }
 
-async fn take_stock(
-    transaction: &deadpool_postgres::Transaction<'_>,
-    before: &HashMap<String, i64>,
-    after: &HashMap<String, i64>,
-) -> Result<(), ReserveError> {
-    let (products, taken): (Vec<&str>, Vec<i64>) = after
-        .iter()
-        .map(|(product, left)| (product.as_str(), before[product] - left))
-        .filter(|(_, taken)| *taken > 0)
-        .unzip();
-    if products.is_empty() {
+async fn change_orders(transaction: &Transaction<'_>, changes: &HashMap<Uuid, Change>, now: DateTime<Utc>) -> Result<(), ReserveError> {
+    if changes.is_empty() {
         return Ok(());
     }
-    let update = transaction.prepare_cached(TAKE_STOCK).await?;
-    let updated = transaction.execute(&update, &[&products, &taken]).await?;
+    let ids: Vec<Uuid> = changes.keys().copied().collect();
+    let statuses: Vec<&str> = changes.values().map(|c| c.status().as_str()).collect();
+    let reasons: Vec<&str> = changes.values().map(|c| c.reason()).collect();
+    let update = transaction.prepare_cached(CHANGE_ORDERS).await?;
+    let updated = transaction.execute(&update, &[&ids, &statuses, &reasons, &now]).await?;
+    // Under the product locks every changed order was reserved when read; anything else is
+    // a bug, and committing would leave stock moved for an order that did not change.
+    if updated != ids.len() as u64 {
+        return Err(ReserveError::ConcurrentlyApplied(ids.len() - updated as usize));
+    }
+    Ok(())
+}
+
+async fn record_commands(
+    transaction: &Transaction<'_>,
+    commands: &[(&ValidCommand, Option<Verdict>)],
+    now: DateTime<Utc>,
+) -> Result<(), ReserveError> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = commands.iter().map(|(c, _)| c.command_id).collect();
+    let orders: Vec<Uuid> = commands.iter().map(|(c, _)| c.order_id).collect();
+    let customers: Vec<&str> = commands.iter().map(|(c, _)| c.customer_id.as_str()).collect();
+    let kinds: Vec<&str> = commands.iter().map(|(c, _)| c.kind.as_str()).collect();
+    let outcomes: Vec<&str> = commands
+        .iter()
+        .map(|(_, verdict)| match verdict {
+            None => "pending",
+            Some(Verdict { refusal: Some(_), .. }) => "refused",
+            Some(_) => "applied",
+        })
+        .collect();
+    let reasons: Vec<Option<&str>> = commands.iter().map(|(_, v)| v.and_then(|v| v.refusal).map(Refusal::as_str)).collect();
+    let issued: Vec<DateTime<Utc>> = commands.iter().map(|(c, _)| c.issued_at).collect();
+    let record = transaction.prepare_cached(RECORD_COMMANDS).await?;
+    transaction.execute(&record, &[&ids, &orders, &customers, &kinds, &outcomes, &reasons, &issued, &now]).await?;
+    Ok(())
+}
+
+/// Applies the summed stock changes, one statement for all products.
+pub(crate) async fn move_stock(transaction: &Transaction<'_>, deltas: &HashMap<String, StockDelta>) -> Result<(), ReserveError> {
+    let changed: Vec<(&String, &StockDelta)> = deltas.iter().filter(|(_, d)| !d.is_zero()).collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let products: Vec<&str> = changed.iter().map(|(p, _)| p.as_str()).collect();
+    let available: Vec<i64> = changed.iter().map(|(_, d)| d.available).collect();
+    let reserved: Vec<i64> = changed.iter().map(|(_, d)| d.reserved).collect();
+    let total: Vec<i64> = changed.iter().map(|(_, d)| d.total).collect();
+    let sold: Vec<i64> = changed.iter().map(|(_, d)| d.sold).collect();
+    let update = transaction.prepare_cached(MOVE_STOCK).await?;
+    let updated = transaction.execute(&update, &[&products, &available, &reserved, &total, &sold]).await?;
     debug_assert_eq!(updated, products.len() as u64, "every locked row is updated");
     Ok(())
 }

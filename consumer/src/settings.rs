@@ -39,6 +39,8 @@ pub struct Settings {
     #[command(flatten)]
     pub batch: BatchSettings,
     #[command(flatten)]
+    pub holds: HoldSettings,
+    #[command(flatten)]
     pub database: DatabaseSettings,
     #[command(flatten)]
     pub log: LogSettings,
@@ -96,6 +98,62 @@ pub struct BatchSettings {
     pub permanent_retry_ms: u64,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct HoldSettings {
+    /// How long a reservation holds when its order does not say (`hold_seconds`). The
+    /// deadline is the reservation's transaction time plus this, so broker lag never eats it.
+    #[arg(long = "reservation-ttl-seconds", env = "RESERVATION_TTL_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub reservation_ttl_seconds: u32,
+    /// Publish every change of an order to the events topic (`false` turns events off:
+    /// nothing is published and nothing is written to the outbox).
+    #[arg(long = "order-events", env = "ORDER_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub events: bool,
+    /// The events topic.
+    #[arg(long = "order-events-topic", env = "ORDER_EVENTS_TOPIC", default_value = orderflow_common::events::EVENTS_TOPIC)]
+    pub events_topic: String,
+    /// How often the expiry sweeper looks for holds past their deadline.
+    #[arg(long = "sweep-interval-ms", env = "SWEEP_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub sweep_interval_ms: u64,
+    /// Most holds one expiry transaction releases.
+    #[arg(long = "sweep-max-rows", env = "SWEEP_MAX_ROWS", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub sweep_max_rows: i64,
+    /// How long a command whose order is unknown waits for it before it is refused
+    /// `unknown_order`.
+    #[arg(long = "parked-command-ttl-seconds", env = "PARKED_COMMAND_TTL_SECONDS", default_value_t = 3_600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub parked_command_ttl_seconds: u64,
+    /// How often the outbox relay looks for events whose writer did not publish them.
+    #[arg(long = "outbox-relay-interval-ms", env = "OUTBOX_RELAY_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub outbox_relay_interval_ms: u64,
+}
+
+impl Default for HoldSettings {
+    fn default() -> Self {
+        Self {
+            reservation_ttl_seconds: 900,
+            events: true,
+            events_topic: orderflow_common::events::EVENTS_TOPIC.into(),
+            sweep_interval_ms: 1_000,
+            sweep_max_rows: 100_000,
+            parked_command_ttl_seconds: 3_600,
+            outbox_relay_interval_ms: 1_000,
+        }
+    }
+}
+
+impl HoldSettings {
+    pub fn lifecycle(&self) -> crate::reservation::LifecycleSettings {
+        crate::reservation::LifecycleSettings { default_hold_seconds: self.reservation_ttl_seconds, events: self.events }
+    }
+
+    pub fn sweep(&self) -> crate::expiry::SweepSettings {
+        crate::expiry::SweepSettings {
+            interval: Duration::from_millis(self.sweep_interval_ms),
+            max_rows: self.sweep_max_rows,
+            parked_ttl: Duration::from_secs(self.parked_command_ttl_seconds),
+        }
+    }
+}
+
 impl BatchSettings {
     pub fn max_wait(&self) -> Duration {
         Duration::from_millis(self.max_wait_ms)
@@ -150,6 +208,7 @@ impl Settings {
             kafka,
             group: GroupSettings::default(),
             batch: BatchSettings::default(),
+            holds: HoldSettings::default(),
             database,
             log: LogSettings { format: LogFormat::Text },
             dead_letter_topic: orderflow_common::DEAD_LETTER_TOPIC.into(),

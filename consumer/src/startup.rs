@@ -19,6 +19,10 @@ use orderflow_common::shutdown::termination_signal;
 use crate::admin::{self, AdminState};
 use crate::context::OrderflowContext;
 use crate::dead_letters::DeadLetterQueue;
+use crate::events::EventPublisher;
+use crate::expiry::Sweeper;
+use crate::fault;
+use crate::outbox::Relay;
 use crate::control::Control;
 use crate::gaps::Gaps;
 use orderflow_common::admin_auth::AdminToken;
@@ -50,6 +54,8 @@ pub struct Application {
     pipeline: Watched,
     gap_watcher: Watched,
     reporter: Watched,
+    sweeper: Watched,
+    relay: Watched,
     shutdown: CancellationToken,
     drain_timeout: Duration,
     stats: Arc<Stats>,
@@ -58,6 +64,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        fault::arm_from_env();
         let pool = db::pool(&settings.database)?;
         db::migrate(&pool).await?;
 
@@ -94,12 +101,21 @@ impl Application {
             .map_err(listen)?
             .run();
 
+        let lifecycle = settings.holds.lifecycle();
+        let events = if lifecycle.events {
+            Some(Arc::new(EventPublisher::new(&settings.kafka, &settings.holds.events_topic, stats.clone())?))
+        } else {
+            None
+        };
+        let relay = events.as_ref().map(|events| Arc::new(Relay::new(pool.clone(), events.clone())));
+        let sweeper = Arc::new(Sweeper::new(pool.clone(), settings.holds.sweep(), lifecycle, relay.clone(), stats.clone()));
         let pipeline = Pipeline {
             dead_letters: Arc::new(DeadLetterQueue::new(&settings.kafka, &settings.dead_letter_topic)?),
             consumer: consumer.clone(),
             workers: Arc::new(
                 WorkerPool::new(pool, settings.batch.workers as usize, stats.clone())
-                    .with_permanent_errors(stuck, settings.batch.permanent_retry()),
+                    .with_permanent_errors(stuck, settings.batch.permanent_retry())
+                    .with_lifecycle(lifecycle),
             ),
             offsets,
             gaps: gaps.clone(),
@@ -108,6 +124,8 @@ impl Application {
             topic: settings.kafka.topic.clone(),
             control,
             hold_after: settings.group.hold_after(),
+            events,
+            relay: relay.clone(),
         };
         let shutdown = CancellationToken::new();
         let gap_watcher = Watched::new(
@@ -116,6 +134,19 @@ impl Application {
         );
         let drain_timeout = settings.batch.drain_timeout();
         let pipeline = Watched::new("batch loop", tokio::spawn(run_pipeline(pipeline, shutdown.clone(), drain_timeout)));
+        let sweeper = Watched::new("expiry sweeper", tokio::spawn(sweeper.run(shutdown.clone()).map(Ok)));
+        let relay = match relay {
+            Some(relay) => {
+                let every = std::time::Duration::from_millis(settings.holds.outbox_relay_interval_ms);
+                Watched::new("outbox relay", tokio::spawn(relay.run(every, shutdown.clone()).map(Ok)))
+            }
+            // Events off: nothing to relay; a task that waits for shutdown keeps the
+            // supervision uniform.
+            None => {
+                let shutdown = shutdown.clone();
+                Watched::new("outbox relay", tokio::spawn(async move { shutdown.cancelled().await; Ok(()) }))
+            }
+        };
         let reporter = stats.clone();
         let reporter = Watched::new(
             "stats reporter",
@@ -133,7 +164,7 @@ impl Application {
             batch_size = settings.batch.max_messages,
             "consumer started"
         );
-        Ok(Self { admin_port, admin, pipeline, gap_watcher, reporter, shutdown, drain_timeout, stats, consumer })
+        Ok(Self { admin_port, admin, pipeline, gap_watcher, reporter, sweeper, relay, shutdown, drain_timeout, stats, consumer })
     }
 
     pub fn admin_port(&self) -> u16 {
@@ -164,7 +195,7 @@ impl Application {
     /// so that `main` exits non-zero and the orchestrator restarts a consumer that would
     /// otherwise answer /health while consuming nothing.
     pub async fn run_until_stopped(self) -> Result<(), RunError> {
-        let Self { admin, mut pipeline, mut gap_watcher, mut reporter, shutdown, drain_timeout, .. } = self;
+        let Self { admin, mut pipeline, mut gap_watcher, mut reporter, mut sweeper, mut relay, shutdown, drain_timeout, .. } = self;
         let admin_handle = admin.handle();
         let mut admin = Watched::new("admin server", tokio::spawn(async move { admin.await.map_err(BoxError::from) }));
         // Biased: the gap watcher returns as soon as it sees the token, so at shutdown both
@@ -180,6 +211,8 @@ impl Application {
             exit = admin.exited() => RunError::from_exit("admin server", exit, false),
             exit = gap_watcher.exited() => RunError::from_exit("gap watcher", exit, false),
             exit = reporter.exited() => RunError::from_exit("stats reporter", exit, false),
+            exit = sweeper.exited() => RunError::from_exit("expiry sweeper", exit, false),
+            exit = relay.exited() => RunError::from_exit("outbox relay", exit, false),
         };
         if let Some(error) = &failure {
             tracing::error!(error = %Chain(error), "a consumer task ended unexpectedly; shutting down");
@@ -193,6 +226,10 @@ impl Application {
         }
         reporter.abort();
         gap_watcher.abort();
+        // Both stop at the token; an expiry or relay cut short rolls back and is redone by
+        // the next sweep, here or in another consumer.
+        sweeper.abort();
+        relay.abort();
         admin_handle.stop(true).await;
         if admin.is_running() {
             if let Some(error) = RunError::from_exit(admin.name, admin.exited().await, true) {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::reservation::Applied;
+use orderflow_common::command::CommandKind;
+
+use crate::reservation::{kind_index, refusal_index, Applied, REFUSALS};
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -21,6 +23,12 @@ pub struct Stats {
     lock_conflicts: AtomicU64,
     database_errors: AtomicU64,
     batches: AtomicU64,
+    confirmed: AtomicU64,
+    cancelled: AtomicU64,
+    expired: AtomicU64,
+    refused: AtomicU64,
+    parked: AtomicU64,
+    events_published: AtomicU64,
     /// Messages per second over the last report interval, as f64 bits.
     rate_bits: AtomicU64,
     recent: Mutex<VecDeque<BatchRecord>>,
@@ -54,6 +62,16 @@ pub struct Totals {
     pub database_errors: u64,
     pub batches: u64,
     pub rate_per_second: f64,
+    /// Holds ended by a confirm, a cancel, or their deadline (sweeper or a late command).
+    pub confirmed: u64,
+    pub cancelled: u64,
+    pub expired: u64,
+    /// Commands refused (too late, or their order never came).
+    pub refused: u64,
+    /// Commands that arrived before their order and wait for it.
+    pub parked: u64,
+    /// Events acknowledged by `order-events` (batch and outbox).
+    pub events_published: u64,
 }
 
 impl Stats {
@@ -64,7 +82,8 @@ impl Stats {
         self.rejected.fetch_add(rejected, Relaxed);
         self.already_applied.fetch_add(applied.already_applied, Relaxed);
         self.failed.fetch_add(failed, Relaxed);
-        self.processed.fetch_add(applied.reserved + rejected + applied.already_applied + failed, Relaxed);
+        self.processed.fetch_add(applied.reserved + rejected + applied.already_applied + failed + applied.commands(), Relaxed);
+        self.record_commands(applied);
         self.batches.fetch_add(1, Relaxed);
         let mut recent = self.recent.lock().expect("recent batches lock poisoned");
         if recent.len() == RECENT_BATCHES {
@@ -88,6 +107,36 @@ impl Stats {
         metrics::counter!("orders_rejected_total", "reason" => "unknown_product").increment(applied.unknown_product);
         metrics::counter!("orders_already_applied_total").increment(applied.already_applied);
         metrics::counter!("consumer_invalid_messages_total").increment(failed);
+    }
+
+    /// What commands did (in a batch, or decided by the sweeper), and the holds they ended.
+    pub fn record_commands(&self, applied: &Applied) {
+        self.confirmed.fetch_add(applied.confirmed, Relaxed);
+        self.cancelled.fetch_add(applied.cancelled, Relaxed);
+        self.refused.fetch_add(applied.refusals(), Relaxed);
+        self.parked.fetch_add(applied.parked, Relaxed);
+        metrics::counter!("orders_confirmed_total").increment(applied.confirmed);
+        metrics::counter!("orders_cancelled_total").increment(applied.cancelled);
+        metrics::counter!("commands_parked_total").increment(applied.parked);
+        for kind in [CommandKind::Confirm, CommandKind::Cancel] {
+            for refusal in REFUSALS {
+                let count = applied.refused[kind_index(kind)][refusal_index(refusal)];
+                if count > 0 {
+                    metrics::counter!("commands_refused_total", "kind" => kind.as_str(), "reason" => refusal.as_str()).increment(count);
+                }
+            }
+        }
+        self.record_expired(applied.expired);
+    }
+
+    /// Holds released at their deadline.
+    pub fn record_expired(&self, expired: u64) {
+        self.expired.fetch_add(expired, Relaxed);
+        metrics::counter!("orders_expired_total").increment(expired);
+    }
+
+    pub fn record_events(&self, published: u64) {
+        self.events_published.fetch_add(published, Relaxed);
     }
 
     pub fn record_lock_conflict(&self) {
@@ -123,6 +172,12 @@ impl Stats {
             database_errors: self.database_errors.load(Relaxed),
             batches: self.batches.load(Relaxed),
             rate_per_second: f64::from_bits(self.rate_bits.load(Relaxed)),
+            confirmed: self.confirmed.load(Relaxed),
+            cancelled: self.cancelled.load(Relaxed),
+            expired: self.expired.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            parked: self.parked.load(Relaxed),
+            events_published: self.events_published.load(Relaxed),
         }
     }
 
@@ -142,6 +197,10 @@ impl Stats {
                 processed = totals.processed,
                 reserved = totals.reserved,
                 rejected = totals.rejected,
+                confirmed = totals.confirmed,
+                cancelled = totals.cancelled,
+                expired = totals.expired,
+                refused = totals.refused,
                 failed = totals.failed,
                 lock_conflicts = totals.lock_conflicts,
                 throughput_msg_per_s = format!("{rate:.1}"),

@@ -1,8 +1,10 @@
-//! Writing a batch with several workers at once. The batch is split by product, so workers
-//! of one consumer never wait for each other's row locks; each part is one transaction,
-//! retried until it commits.
+//! Writing a batch with several workers at once. The batch (orders and commands) is split by
+//! product, so workers of one consumer never wait for each other's row locks; each part is
+//! one transaction, retried until it commits. Commands whose order is unknown are parked in
+//! a transaction of their own.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +12,16 @@ use deadpool_postgres::Pool;
 use futures::future::join_all;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
+use orderflow_common::command::{Inbound, ValidCommand};
+use orderflow_common::errors::Chain;
+use orderflow_common::events::OrderEvent;
+use orderflow_common::log_limit::{self, LogLimiter};
 use orderflow_common::order::ValidOrder;
 
-use orderflow_common::errors::Chain;
-use orderflow_common::log_limit::{self, LogLimiter};
-
-use crate::reservation::{reserve, Applied, ErrorClass};
+use crate::lifecycle::Step;
+use crate::reservation::{self, Applied, ErrorClass, LifecycleSettings, Part, PartResult, ReserveError};
 use crate::stats::Stats;
 use crate::stuck::StuckWrites;
 
@@ -31,6 +36,16 @@ pub struct WorkerPool {
     stats: Arc<Stats>,
     stuck: Arc<StuckWrites>,
     permanent_retry: Duration,
+    lifecycle: LifecycleSettings,
+}
+
+/// A written batch: what it did, the events to publish before its offsets move, and how
+/// many events its transactions left in the outbox.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub applied: Applied,
+    pub events: Vec<OrderEvent>,
+    pub outbox: usize,
 }
 
 /// Transient retries: one warning per SQLSTATE (or "connection") per 10 s.
@@ -38,10 +53,17 @@ static TRANSIENT_LOGS: LogLimiter = LogLimiter::new(log_limit::EVERY);
 /// Permanent errors: an ERROR on about every slow retry, but never more than one per 10 s.
 static PERMANENT_LOGS: LogLimiter = LogLimiter::new(log_limit::EVERY);
 
+/// Where each command's order is, for `SELECT ... FROM orders` of commands whose order is
+/// not in the batch. An order's product never changes, so this needs no lock.
+const LOCATE_ORDERS: &str = "SELECT order_id, product_id FROM orders WHERE order_id = ANY($1)";
+
+/// The default hold and events on: what the consumer runs with unless configured.
+pub const DEFAULT_LIFECYCLE: LifecycleSettings = LifecycleSettings { default_hold_seconds: 900, events: true };
+
 impl WorkerPool {
     pub fn new(pool: Pool, workers: usize, stats: Arc<Stats>) -> Self {
         let permanent_retry = Duration::from_millis(crate::settings::BatchSettings::default().permanent_retry_ms);
-        Self { pool, workers: workers.max(1), stats, stuck: Arc::default(), permanent_retry }
+        Self { pool, workers: workers.max(1), stats, stuck: Arc::default(), permanent_retry, lifecycle: DEFAULT_LIFECYCLE }
     }
 
     /// Where permanent errors are reported (for /ready), and how often they are retried.
@@ -49,35 +71,71 @@ impl WorkerPool {
         Self { stuck, permanent_retry, ..self }
     }
 
-    /// Writes every order. Returns only when all parts committed, or with `Abandoned` once
-    /// `abandon` fires; no error drops an order, they differ only in how they are retried.
-    pub async fn write(&self, orders: &[ValidOrder], abandon: &CancellationToken) -> Result<Applied, Abandoned> {
-        let unique = unique_by_order_id(orders);
-        let parts = split_by_product(&unique, self.workers);
-        let results = join_all(parts.iter().map(|part| self.write_part(part, abandon))).await;
-        let mut applied = Applied { already_applied: (orders.len() - unique.len()) as u64, ..Applied::default() };
-        for result in results {
-            applied += result?;
-        }
-        Ok(applied)
+    pub fn with_lifecycle(self, lifecycle: LifecycleSettings) -> Self {
+        Self { lifecycle, ..self }
     }
 
-    async fn write_part(&self, orders: &[&ValidOrder], abandon: &CancellationToken) -> Result<Applied, Abandoned> {
-        let mut attempt = 0_u32;
+    pub fn lifecycle(&self) -> LifecycleSettings {
+        self.lifecycle
+    }
+
+    /// Writes every message. Returns only when all parts committed, or with `Abandoned` once
+    /// `abandon` fires; no error drops a message, they differ only in how they are retried.
+    pub async fn write(&self, messages: &[Inbound], abandon: &CancellationToken) -> Result<Written, Abandoned> {
+        let (items, duplicates) = unique(messages);
+        // Commands whose order is not in the batch: where is it? (Orders are never deleted,
+        // and an order's product never changes, so the answer cannot go stale.)
+        let elsewhere: Vec<Uuid> = {
+            let in_batch: HashSet<Uuid> = items.iter().filter_map(Item::placed).collect();
+            items.iter().filter_map(Item::command).map(|c| c.order_id).filter(|id| !in_batch.contains(id)).collect()
+        };
+        let located = if elsewhere.is_empty() {
+            HashMap::new()
+        } else {
+            self.retrying(elsewhere.len(), abandon, || locate(&self.pool, &elsewhere)).await?.0
+        };
+        let (parts, parked) = plan(&items, &located, self.workers);
+        let writes = parts.iter().map(|part| self.retrying(part.steps.len(), abandon, || reservation::apply(&self.pool, part, &self.lifecycle)));
+        let park = async {
+            if parked.is_empty() {
+                return Ok((PartResult::default(), 0));
+            }
+            self.retrying(parked.len(), abandon, || reservation::park(&self.pool, &parked, &self.lifecycle)).await
+        };
+        let (results, parked) = tokio::join!(join_all(writes), park);
+        let mut written = Written { applied: Applied { already_applied: duplicates, ..Applied::default() }, ..Written::default() };
+        for result in results.into_iter().chain(std::iter::once(parked)) {
+            let (part, conflicts) = result?;
+            written.applied += part.applied;
+            written.applied.lock_conflicts += conflicts;
+            written.events.extend(part.events);
+            written.outbox += part.outbox;
+        }
+        Ok(written)
+    }
+
+    /// Runs `attempt` until it succeeds, or until `abandon` fires; returns its result and the
+    /// number of lock conflicts it met. `size` (messages) is for the logs.
+    async fn retrying<T, F, Fut>(&self, size: usize, abandon: &CancellationToken, mut attempt: F) -> Result<(T, u64), Abandoned>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ReserveError>>,
+    {
+        let mut attempts = 0_u32;
         let mut conflicts = 0;
         // Set while this part is stuck on a permanent error; dropped when it gets through.
         let mut stuck = None;
         loop {
-            let error = match reserve(&self.pool, orders).await {
-                Ok(applied) => {
+            let error = match attempt().await {
+                Ok(done) => {
                     if stuck.is_some() {
-                        tracing::info!(attempt, orders = orders.len(), "reservation went through after permanent errors");
+                        tracing::info!(attempt = attempts, messages = size, "write went through after permanent errors");
                     }
-                    return Ok(Applied { lock_conflicts: conflicts, ..applied });
+                    return Ok((done, conflicts));
                 }
                 Err(error) => error,
             };
-            attempt += 1;
+            attempts += 1;
             let cause = match error.class() {
                 ErrorClass::Conflict => "lock_conflict",
                 ErrorClass::Transient => "database_error",
@@ -87,34 +145,34 @@ impl WorkerPool {
                 ErrorClass::Conflict => {
                     conflicts += 1;
                     self.stats.record_lock_conflict();
-                    tracing::debug!(attempt, %error, "retrying after conflict");
-                    backoff(attempt, Duration::from_millis(2), Duration::from_millis(250))
+                    tracing::debug!(attempt = attempts, %error, "retrying after conflict");
+                    backoff(attempts, Duration::from_millis(2), Duration::from_millis(250))
                 }
                 ErrorClass::Transient => {
                     self.stats.record_database_error();
                     let kind = error.sqlstate().map_or("connection", |code| code.code());
                     if let Some(suppressed) = TRANSIENT_LOGS.allow(kind) {
-                        tracing::warn!(attempt, error = %Chain(&error), orders = orders.len(), suppressed, "reservation failed, retrying");
+                        tracing::warn!(attempt = attempts, error = %Chain(&error), messages = size, suppressed, "write failed, retrying");
                     }
-                    backoff(attempt, Duration::from_millis(100), Duration::from_secs(5))
+                    backoff(attempts, Duration::from_millis(100), Duration::from_secs(5))
                 }
                 ErrorClass::Permanent => {
-                    // The part keeps its orders: the offsets of this batch are not committed,
-                    // so nothing behind it is skipped, and fixing the schema or constraint
-                    // lets it continue by itself.
+                    // The part keeps its messages: the offsets of this batch are not
+                    // committed, so nothing behind it is skipped, and fixing the schema or
+                    // constraint lets it continue by itself.
                     let sqlstate = error.sqlstate().map_or("none", |code| code.code()).to_owned();
                     stuck.get_or_insert_with(|| self.stuck.enter());
-                    self.stuck.report(Chain(&error).to_string(), &sqlstate, orders.len());
+                    self.stuck.report(Chain(&error).to_string(), &sqlstate, size);
                     self.stats.record_permanent_error(&sqlstate);
                     if let Some(suppressed) = PERMANENT_LOGS.allow(&sqlstate) {
                         tracing::error!(
-                            attempt,
+                            attempt = attempts,
                             error = %Chain(&error),
                             sqlstate,
-                            orders = orders.len(),
+                            messages = size,
                             retry_in_ms = self.permanent_retry.as_millis() as u64,
                             suppressed,
-                            "reservation failed with a permanent error; the batch waits and is retried slowly"
+                            "write failed with a permanent error; the batch waits and is retried slowly"
                         );
                     }
                     self.permanent_retry
@@ -131,20 +189,107 @@ impl WorkerPool {
     }
 }
 
-/// A redelivery inside one batch carries the same order_id twice; the first one wins.
-fn unique_by_order_id(orders: &[ValidOrder]) -> Vec<&ValidOrder> {
-    let mut seen = HashSet::with_capacity(orders.len());
-    orders.iter().filter(|order| seen.insert(order.order_id)).collect()
+async fn locate(pool: &Pool, order_ids: &[Uuid]) -> Result<HashMap<Uuid, String>, ReserveError> {
+    let client = pool.get().await?;
+    let query = client.prepare_cached(LOCATE_ORDERS).await?;
+    Ok(client.query(&query, &[&order_ids]).await?.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-/// Splits into at most `parts` groups by product, keeping offset order inside each group.
-/// Products go, busiest first, to the group with the fewest orders so far: a flash sale has
+/// One message of the batch, after duplicates are dropped.
+#[derive(Debug, Clone, Copy)]
+enum Item<'a> {
+    Place(&'a ValidOrder),
+    Command(&'a ValidCommand),
+}
+
+impl<'a> Item<'a> {
+    fn placed(&self) -> Option<Uuid> {
+        match self {
+            Self::Place(order) => Some(order.order_id),
+            Self::Command(_) => None,
+        }
+    }
+
+    fn command(&self) -> Option<&'a ValidCommand> {
+        match self {
+            Self::Place(_) => None,
+            Self::Command(command) => Some(command),
+        }
+    }
+}
+
+/// A redelivery inside one batch carries the same order_id (or command_id) twice; the first
+/// one wins. Returns the rest in batch order, and how many were dropped.
+fn unique(messages: &[Inbound]) -> (Vec<Item<'_>>, u64) {
+    let mut orders = HashSet::with_capacity(messages.len());
+    let mut commands = HashSet::new();
+    let items: Vec<Item<'_>> = messages
+        .iter()
+        .filter_map(|message| match message {
+            Inbound::Order(order) => orders.insert(order.order_id).then_some(Item::Place(order)),
+            Inbound::Command(command) => commands.insert(command.command_id).then_some(Item::Command(command)),
+        })
+        .collect();
+    let dropped = (messages.len() - items.len()) as u64;
+    (items, dropped)
+}
+
+/// Splits the batch into parts by product (see `split_by_product`) and orders each part's
+/// steps: batch order, except that a command whose order comes later in the batch (another
+/// partition: Kafka orders nothing across partitions) goes right after that order, so a
+/// command is never applied before the placement it acts on. Commands whose order is neither
+/// in the batch nor in `located` come back apart, to be parked.
+fn plan<'a>(items: &[Item<'a>], located: &'a HashMap<Uuid, String>, parts: usize) -> (Vec<Part<'a>>, Vec<&'a ValidCommand>) {
+    let placed: HashMap<Uuid, (usize, &'a str)> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(index, item)| match item {
+            Item::Place(order) => Some((order.order_id, (index, order.product_id.as_str()))),
+            Item::Command(_) => None,
+        })
+        .collect();
+    let mut sequence: Vec<(&'a str, Step<'a>)> = Vec::with_capacity(items.len());
+    let mut deferred: HashMap<Uuid, Vec<&'a ValidCommand>> = HashMap::new();
+    let mut parked = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        match *item {
+            Item::Place(order) => {
+                sequence.push((order.product_id.as_str(), Step::Place(order)));
+                for command in deferred.remove(&order.order_id).into_iter().flatten() {
+                    sequence.push((order.product_id.as_str(), Step::Command { command, parked: false }));
+                }
+            }
+            Item::Command(command) => match placed.get(&command.order_id) {
+                Some(&(at, _)) if at > index => deferred.entry(command.order_id).or_default().push(command),
+                Some(&(_, product)) => sequence.push((product, Step::Command { command, parked: false })),
+                None => match located.get(&command.order_id) {
+                    Some(product) => sequence.push((product.as_str(), Step::Command { command, parked: false })),
+                    None => parked.push(command),
+                },
+            },
+        }
+    }
+    debug_assert!(deferred.is_empty(), "every deferred command follows its placement");
+    let parts = split_by_product(&sequence, parts)
+        .into_iter()
+        .map(|group| {
+            let mut products: Vec<&'a str> = group.iter().map(|(product, _)| *product).collect();
+            products.sort_unstable();
+            products.dedup();
+            Part { steps: group.into_iter().map(|(_, step)| step).collect(), products }
+        })
+        .collect();
+    (parts, parked)
+}
+
+/// Splits into at most `parts` groups by product, keeping order inside each group.
+/// Products go, busiest first, to the group with the fewest items so far: a flash sale has
 /// a handful of hot products, and a hash would often leave one worker with twice the work
 /// of another while the batch waits for the slowest.
-fn split_by_product<'a>(orders: &[&'a ValidOrder], parts: usize) -> Vec<Vec<&'a ValidOrder>> {
+fn split_by_product<'a, T: Copy>(items: &[(&'a str, T)], parts: usize) -> Vec<Vec<(&'a str, T)>> {
     let mut per_product: HashMap<&str, usize> = HashMap::new();
-    for order in orders {
-        *per_product.entry(order.product_id.as_str()).or_default() += 1;
+    for (product, _) in items {
+        *per_product.entry(product).or_default() += 1;
     }
     let mut busiest_first: Vec<(&str, usize)> = per_product.into_iter().collect();
     busiest_first.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
@@ -155,9 +300,9 @@ fn split_by_product<'a>(orders: &[&'a ValidOrder], parts: usize) -> Vec<Vec<&'a 
         load[lightest] += count;
         group_of.insert(product, lightest);
     }
-    let mut groups: Vec<Vec<&ValidOrder>> = load.iter().map(|&n| Vec::with_capacity(n)).collect();
-    for order in orders {
-        groups[group_of[order.product_id.as_str()]].push(order);
+    let mut groups: Vec<Vec<(&'a str, T)>> = load.iter().map(|&n| Vec::with_capacity(n)).collect();
+    for item in items {
+        groups[group_of[item.0]].push(*item);
     }
     groups.retain(|group| !group.is_empty());
     groups
@@ -173,7 +318,7 @@ fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
 mod tests {
     use super::*;
     use chrono::Utc;
-    use uuid::Uuid;
+    use orderflow_common::command::CommandKind;
 
     fn order(product: &str) -> ValidOrder {
         ValidOrder {
@@ -183,23 +328,27 @@ mod tests {
             quantity: 1,
             amount_cents: 100,
             placed_at: Utc::now(),
+            hold_seconds: None,
         }
+    }
+
+    fn keyed(orders: &[ValidOrder]) -> Vec<(&str, &ValidOrder)> {
+        orders.iter().map(|o| (o.product_id.as_str(), o)).collect()
     }
 
     #[test]
     fn a_product_never_spans_two_parts_and_order_is_kept() {
         let orders: Vec<ValidOrder> = (0..200).map(|i| order(&format!("P{}", i % 13))).collect();
-        let refs: Vec<&ValidOrder> = orders.iter().collect();
-        let parts = split_by_product(&refs, 4);
+        let parts = split_by_product(&keyed(&orders), 4);
         assert!(parts.len() <= 4);
         assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 200);
         let mut owner = std::collections::HashMap::new();
         for (index, part) in parts.iter().enumerate() {
-            for order in part {
+            for (_, order) in part {
                 assert_eq!(*owner.entry(order.product_id.clone()).or_insert(index), index);
             }
             // UUIDv7 made in sequence sort in creation order, which is offset order here.
-            assert!(part.windows(2).all(|w| w[0].order_id < w[1].order_id));
+            assert!(part.windows(2).all(|w| w[0].1.order_id < w[1].1.order_id));
         }
     }
 
@@ -207,23 +356,68 @@ mod tests {
     fn hot_products_are_spread_evenly_over_the_parts() {
         // Ten equally hot products over four parts: no part may get more than three.
         let orders: Vec<ValidOrder> = (0..1000).map(|i| order(&format!("PROD{:03}", i % 10))).collect();
-        let refs: Vec<&ValidOrder> = orders.iter().collect();
-        let sizes: Vec<usize> = split_by_product(&refs, 4).iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = split_by_product(&keyed(&orders), 4).iter().map(Vec::len).collect();
         assert_eq!(sizes.len(), 4);
         assert!(sizes.iter().all(|&n| (200..=300).contains(&n)), "{sizes:?}");
         // One product that dominates gets a part to itself.
         let mut skewed: Vec<ValidOrder> = (0..900).map(|_| order("HOT")).collect();
         skewed.extend((0..100).map(|i| order(&format!("COLD{i}"))));
-        let refs: Vec<&ValidOrder> = skewed.iter().collect();
-        let parts = split_by_product(&refs, 4);
-        assert!(parts.iter().any(|part| part.len() == 900 && part.iter().all(|o| o.product_id == "HOT")));
+        let parts = split_by_product(&keyed(&skewed), 4);
+        assert!(parts.iter().any(|part| part.len() == 900 && part.iter().all(|(_, o)| o.product_id == "HOT")));
     }
 
     #[test]
     fn duplicates_inside_a_batch_are_dropped() {
         let first = order("P");
-        let orders = vec![first.clone(), order("P"), first];
-        assert_eq!(unique_by_order_id(&orders).len(), 2);
+        let cancel = command(&first, CommandKind::Cancel);
+        let messages: Vec<Inbound> = vec![
+            Inbound::Order(first.clone()),
+            Inbound::Order(order("P")),
+            Inbound::Order(first),
+            Inbound::Command(cancel.clone()),
+            Inbound::Command(cancel),
+        ];
+        let (items, dropped) = unique(&messages);
+        assert_eq!((items.len(), dropped), (3, 2));
+    }
+
+    fn command(order: &ValidOrder, kind: CommandKind) -> ValidCommand {
+        ValidCommand { kind, command_id: Uuid::now_v7(), order_id: order.order_id, customer_id: order.customer_id.clone(), issued_at: Utc::now() }
+    }
+
+    fn steps<'a>(part: &Part<'a>) -> Vec<String> {
+        part.steps
+            .iter()
+            .map(|step| match step {
+                Step::Place(o) => format!("place {}", o.order_id),
+                Step::Command { command, .. } => format!("{} {}", command.kind.as_str(), command.order_id),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn commands_go_to_their_orders_part_after_the_order_and_unknown_ones_are_parked() {
+        let (a, b, elsewhere) = (order("A"), order("B"), order("C"));
+        let (cancel_a, confirm_b, confirm_elsewhere) =
+            (command(&a, CommandKind::Cancel), command(&b, CommandKind::Confirm), command(&elsewhere, CommandKind::Confirm));
+        let stranger = ValidCommand { order_id: Uuid::now_v7(), ..command(&a, CommandKind::Cancel) };
+        // confirm_b arrives before b (another partition): it must still come after it.
+        let items = [
+            Item::Place(&a),
+            Item::Command(&confirm_b),
+            Item::Command(&cancel_a),
+            Item::Command(&confirm_elsewhere),
+            Item::Command(&stranger),
+            Item::Place(&b),
+        ];
+        let located: HashMap<Uuid, String> = [(elsewhere.order_id, "A".to_owned())].into();
+        let (parts, parked) = plan(&items, &located, 4);
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].command_id, stranger.command_id);
+        let part_a = parts.iter().find(|p| p.products == ["A"]).expect("a part for A");
+        assert_eq!(steps(part_a), [format!("place {}", a.order_id), format!("cancel {}", a.order_id), format!("confirm {}", elsewhere.order_id)]);
+        let part_b = parts.iter().find(|p| p.products == ["B"]).expect("a part for B");
+        assert_eq!(steps(part_b), [format!("place {}", b.order_id), format!("confirm {}", b.order_id)]);
     }
 
     #[test]

@@ -28,7 +28,8 @@ ALTER TABLE orders ADD CONSTRAINT orders_reason_matches_status CHECK ((status = 
 ALTER TABLE orders ADD COLUMN expires_at TIMESTAMPTZ;
 ALTER TABLE orders ADD COLUMN status_changed_at TIMESTAMPTZ;
 UPDATE orders SET status_changed_at = processed_at;
-ALTER TABLE orders ALTER COLUMN status_changed_at SET NOT NULL;
+-- The consumer always sets it; the default serves rows written by hand (like processed_at's).
+ALTER TABLE orders ALTER COLUMN status_changed_at SET NOT NULL, ALTER COLUMN status_changed_at SET DEFAULT now();
 
 -- The expiry sweeper's index: only live holds, by deadline, with the product so that
 -- "which products have holds due" is answered from the index alone. It is written on the

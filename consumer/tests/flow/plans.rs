@@ -11,6 +11,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use orderflow_common::command::Inbound;
 use orderflow_common::db;
 use orderflow_common::order::ValidOrder;
 use orderflow_common::testing::TestDatabase;
@@ -25,6 +26,7 @@ fn order(product: &str) -> ValidOrder {
         quantity: 1,
         amount_cents: 100,
         placed_at: Utc::now(),
+        hold_seconds: None,
     }
 }
 
@@ -41,7 +43,7 @@ async fn reservation_statements_are_never_run_with_a_generic_plan() {
 
     // Well past the five custom plans after which PostgreSQL considers a generic one.
     for _ in 0..12 {
-        let batch = vec![order("PROD001"), order("PROD002"), order("NO-SUCH-PRODUCT")];
+        let batch = vec![order("PROD001"), order("PROD002"), order("NO-SUCH-PRODUCT")].into_iter().map(Inbound::Order).collect::<Vec<_>>();
         writer.write(&batch, &never).await.expect("written");
     }
 

@@ -18,6 +18,7 @@ use orderflow_consumer::supervision::RunError;
 use orderflow_consumer::{Application, Settings};
 
 pub const TOPIC: &str = "orders-placed";
+pub use orderflow_common::events::EVENTS_TOPIC;
 
 pub struct Stack {
     pub broker: TestBroker,
@@ -26,6 +27,8 @@ pub struct Stack {
     /// The orders topic and the dead-letter topic under this test's names (see `TestBroker::name`).
     pub topic: String,
     pub dead_letter_topic: String,
+    /// `order-events` under this test's name; one partition, so `read_topic` sees it all.
+    pub events_topic: String,
 }
 
 impl Stack {
@@ -39,8 +42,8 @@ impl Stack {
         Self::on(TestBroker::mock(&Self::topics(partitions)).await).await
     }
 
-    fn topics(partitions: i32) -> [(String, i32); 2] {
-        [(TOPIC.into(), partitions), (orderflow_common::DEAD_LETTER_TOPIC.into(), 1)]
+    fn topics(partitions: i32) -> [(String, i32); 3] {
+        [(TOPIC.into(), partitions), (orderflow_common::DEAD_LETTER_TOPIC.into(), 1), (EVENTS_TOPIC.into(), 1)]
     }
 
     async fn on(broker: TestBroker) -> Self {
@@ -48,7 +51,8 @@ impl Stack {
         let pool = db::pool(&database.settings()).unwrap();
         db::migrate(&pool).await.unwrap();
         let (topic, dead_letter_topic) = (broker.name(TOPIC), broker.name(orderflow_common::DEAD_LETTER_TOPIC));
-        Self { broker, pool, database, topic, dead_letter_topic }
+        let events_topic = broker.name(EVENTS_TOPIC);
+        Self { broker, pool, database, topic, dead_letter_topic, events_topic }
     }
 
     pub fn kafka(&self) -> KafkaSettings {
@@ -64,6 +68,7 @@ impl Stack {
         let mut settings = Settings::new(self.kafka(), self.database.settings());
         settings.group.group_id = self.group(&settings.group.group_id);
         settings.dead_letter_topic = self.dead_letter_topic.clone();
+        settings.holds.events_topic = self.events_topic.clone();
         settings.group.session_timeout_ms = 3000;
         settings.batch.max_wait_ms = 10;
         settings
@@ -80,6 +85,7 @@ impl Stack {
             ("KAFKA_CONFIG", extra.join(",")),
             ("KAFKA_GROUP_ID", settings.group.group_id),
             ("DEAD_LETTER_TOPIC", settings.dead_letter_topic),
+            ("ORDER_EVENTS_TOPIC", settings.holds.events_topic),
         ]
     }
 
@@ -97,7 +103,8 @@ impl Stack {
             .await
             .unwrap()
             .execute(
-                "UPDATE inventory SET available_quantity = $2, reserved_quantity = 0, total_quantity = $2 \
+                "UPDATE inventory SET available_quantity = $2, reserved_quantity = 0, total_quantity = $2, \
+                        sold_quantity = 0, received_quantity = $2 \
                  WHERE product_id = $1",
                 &[&product, &quantity],
             )
@@ -121,20 +128,24 @@ impl Stack {
         assert_eq!(self.order_count().await, expected, "no more orders than were sent");
     }
 
-    /// Every inventory row adds up, and what it holds reserved is exactly the sum of its
-    /// reserved orders: an order applied twice, or stock taken for an order that is not
-    /// there, breaks the second check.
+    /// Every inventory row adds up (received = available + reserved + sold), what it holds
+    /// reserved is exactly the sum of its reserved orders, and what it sold the sum of its
+    /// confirmed ones: an order applied twice, a hold released twice, or stock moved for an
+    /// order that did not change breaks one of them.
     pub async fn assert_invariants(&self) {
         let client = self.pool.get().await.unwrap();
         let broken = client
             .query(
-                "SELECT i.product_id, i.available_quantity, i.reserved_quantity, i.total_quantity, \
-                        coalesce(sum(o.quantity) FILTER (WHERE o.status = 'reserved'), 0)::bigint AS reserved_orders \
+                "SELECT i.product_id, i.available_quantity, i.reserved_quantity, i.total_quantity, i.sold_quantity, i.received_quantity, \
+                        coalesce(sum(o.quantity) FILTER (WHERE o.status = 'reserved'), 0)::bigint AS reserved_orders, \
+                        coalesce(sum(o.quantity) FILTER (WHERE o.status = 'confirmed'), 0)::bigint AS confirmed_orders \
                  FROM inventory i LEFT JOIN orders o ON o.product_id = i.product_id \
                  GROUP BY i.product_id \
-                 HAVING i.available_quantity < 0 OR i.reserved_quantity < 0 \
+                 HAVING i.available_quantity < 0 OR i.reserved_quantity < 0 OR i.sold_quantity < 0 \
                      OR i.available_quantity + i.reserved_quantity <> i.total_quantity \
-                     OR i.reserved_quantity <> coalesce(sum(o.quantity) FILTER (WHERE o.status = 'reserved'), 0)",
+                     OR i.available_quantity + i.reserved_quantity + i.sold_quantity <> i.received_quantity \
+                     OR i.reserved_quantity <> coalesce(sum(o.quantity) FILTER (WHERE o.status = 'reserved'), 0) \
+                     OR i.sold_quantity <> coalesce(sum(o.quantity) FILTER (WHERE o.status = 'confirmed'), 0)",
                 &[],
             )
             .await
@@ -182,7 +193,7 @@ impl Stack {
 }
 
 pub fn placed_order(customer: &str, product: &str, quantity: i32) -> PlacedOrder {
-    let order = NewOrder { customer_id: customer.into(), product_id: product.into(), quantity, amount_cents: 1999 };
+    let order = NewOrder { customer_id: customer.into(), product_id: product.into(), quantity, amount_cents: 1999, hold_seconds: None };
     PlacedOrder::new(order, Uuid::now_v7(), Utc::now())
 }
 
