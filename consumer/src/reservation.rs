@@ -211,7 +211,7 @@ const FIND_PARKED: &str = "SELECT command_id, order_id, customer_id, kind, issue
 const INSERT_ORDERS: &str = "INSERT INTO orders \
      (order_id, customer_id, product_id, quantity, amount, status, reason, created_at, processed_at, status_changed_at, expires_at) \
      SELECT o.order_id, o.customer_id, o.product_id, o.quantity, (o.amount_cents::numeric / 100)::numeric(12, 2), \
-            o.status, o.reason, o.created_at, $9, $9, o.expires_at \
+            o.status, o.reason, o.created_at, $9::timestamptz, $9::timestamptz, o.expires_at \
      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::text[], $7::text[], $8::timestamptz[], $10::timestamptz[]) \
           AS o(order_id, customer_id, product_id, quantity, amount_cents, status, reason, created_at, expires_at) \
      ON CONFLICT (order_id) DO NOTHING";
@@ -224,8 +224,8 @@ const CHANGE_ORDERS: &str = "UPDATE orders AS o SET status = c.status, reason = 
 /// never touched again.
 const RECORD_COMMANDS: &str = "INSERT INTO order_commands \
      (command_id, order_id, customer_id, kind, outcome, reason, issued_at, received_at, decided_at) \
-     SELECT c.command_id, c.order_id, c.customer_id, c.kind, c.outcome, c.reason, c.issued_at, $8, \
-            CASE WHEN c.outcome = 'pending' THEN NULL ELSE $8 END \
+     SELECT c.command_id, c.order_id, c.customer_id, c.kind, c.outcome, c.reason, c.issued_at, $8::timestamptz, \
+            CASE WHEN c.outcome = 'pending' THEN NULL ELSE $8::timestamptz END \
      FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]) \
           AS c(command_id, order_id, customer_id, kind, outcome, reason, issued_at) \
      ON CONFLICT (command_id) DO UPDATE SET outcome = excluded.outcome, reason = excluded.reason, decided_at = excluded.decided_at \

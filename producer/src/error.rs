@@ -25,6 +25,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0} not found")]
     NotFound(String),
+    #[error("order {0} not found: it is unknown or not processed yet; a command for a just-placed order must name its customer_id in the body")]
+    UnknownOrder(uuid::Uuid),
     #[error("method not allowed; allowed: {allow}")]
     MethodNotAllowed { allow: &'static str },
     #[error(transparent)]
@@ -60,7 +62,7 @@ impl ApiError {
             Self::Validation(_) => "validation",
             Self::MalformedJson(_) | Self::BadRequest(_) => "bad_request",
             Self::PayloadTooLarge { .. } => "too_large",
-            Self::NotFound(_) => "not_found",
+            Self::NotFound(_) | Self::UnknownOrder(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Admin(_) => "unauthorized",
             Self::Conflict(_) => "conflict",
@@ -82,7 +84,7 @@ impl ResponseError for ApiError {
         match self {
             Self::Validation(_) | Self::MalformedJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::UnknownOrder(_) => StatusCode::NOT_FOUND,
             Self::Admin(AdminAuthError::Disabled) => StatusCode::FORBIDDEN,
             Self::Admin(AdminAuthError::Unauthorized) => StatusCode::UNAUTHORIZED,
             Self::Conflict(_) => StatusCode::CONFLICT,

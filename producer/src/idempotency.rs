@@ -1,5 +1,6 @@
-//! Idempotency-Key: a retried request gets the same order ids and creates no second order,
-//! across restarts and producer instances, because the record lives in PostgreSQL.
+//! Idempotency-Key: a retried request gets the same order ids (or command id) and creates no
+//! second order (or command), across restarts and producer instances, because the record
+//! lives in PostgreSQL.
 //!
 //! The record holds the placed orders themselves. If the first attempt failed to publish
 //! (or published only part), a retry re-publishes exactly those messages; the consumer
@@ -8,9 +9,13 @@
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::Json;
 
+use orderflow_common::acked::Outgoing;
+use orderflow_common::command::OrderCommand;
 use orderflow_common::order::{NewOrder, PlacedOrder};
 
 use orderflow_common::errors::Chain;
@@ -38,9 +43,42 @@ pub async fn publish(
     let placed_at = chrono::Utc::now();
     let hash = key.map(|_| request_hash(route, &orders));
     let placed: Vec<PlacedOrder> = orders.into_iter().map(|o| PlacedOrder::new(o, uuid::Uuid::now_v7(), placed_at)).collect();
-    let (Some(key), Some(hash)) = (key, hash) else {
-        publisher.publish(&placed).await?;
-        return Ok(Published { orders: placed, replayed: false });
+    let (orders, replayed) = publish_keyed(key.zip(hash), placed, publisher, pool).await?;
+    Ok(Published { orders, replayed })
+}
+
+/// Publishes one command under `key` (if any). The request's identity is the route (which
+/// names the order and the command kind) and the customer_id the body gave, if any: a retry
+/// re-publishes the stored command, with its command_id, so the consumer decides it once.
+pub async fn publish_command(
+    key: Option<&str>,
+    route: &str,
+    body_customer: Option<&str>,
+    command: OrderCommand,
+    publisher: &OrderPublisher,
+    pool: &Pool,
+) -> Result<(OrderCommand, bool), ApiError> {
+    let hash = key.map(|_| {
+        let mut hasher = Sha256::new();
+        hasher.update(route.as_bytes());
+        hasher.update(b"\0command\0");
+        hasher.update(body_customer.unwrap_or("\0none").as_bytes());
+        hasher.finalize().to_vec()
+    });
+    let (mut commands, replayed) = publish_keyed(key.zip(hash), vec![command], publisher, pool).await?;
+    Ok((commands.remove(0), replayed))
+}
+
+/// The messages stored under the key (`idempotency_keys.orders` holds any message list: the
+/// orders of an order route, the command of a command route), published unless the key was
+/// already accepted. Without a key, `fresh` is simply published.
+async fn publish_keyed<M>(keyed: Option<(&str, Vec<u8>)>, fresh: Vec<M>, publisher: &OrderPublisher, pool: &Pool) -> Result<(Vec<M>, bool), ApiError>
+where
+    M: Outgoing + Serialize + DeserializeOwned + std::fmt::Debug + Sync,
+{
+    let Some((key, hash)) = keyed else {
+        publisher.publish(&fresh).await?;
+        return Ok((fresh, false));
     };
     validate_key(key)?;
     let client = pool.get().await?;
@@ -48,11 +86,11 @@ pub async fn publish(
         .execute(
             "INSERT INTO idempotency_keys (idempotency_key, request_hash, orders, state) VALUES ($1, $2, $3, 'pending') \
              ON CONFLICT (idempotency_key) DO NOTHING",
-            &[&key, &hash, &Json(&placed)],
+            &[&key, &hash, &Json(&fresh)],
         )
         .await?;
-    let (orders, replayed, accepted) = if claimed == 1 {
-        (placed, false, false)
+    let (messages, replayed, accepted) = if claimed == 1 {
+        (fresh, false, false)
     } else {
         let row = client
             .query_one("SELECT request_hash, orders, state FROM idempotency_keys WHERE idempotency_key = $1", &[&key])
@@ -60,19 +98,19 @@ pub async fn publish(
         if row.get::<_, Vec<u8>>(0) != hash {
             return Err(ApiError::IdempotencyMismatch);
         }
-        let Json(stored): Json<Vec<PlacedOrder>> = row.get(1);
+        let Json(stored): Json<Vec<M>> = row.get(1);
         (stored, true, row.get::<_, &str>(2) == "accepted")
     };
     drop(client);
     if !accepted {
-        publisher.publish(&orders).await?;
-        // If this fails the key stays pending, and a retry re-publishes the same order ids:
+        publisher.publish(&messages).await?;
+        // If this fails the key stays pending, and a retry re-publishes the same messages:
         // harmless, so the client still gets its 202.
         if let Err(error) = mark_accepted(pool, key).await {
             tracing::warn!(error = %Chain(&error), "could not mark idempotency key accepted");
         }
     }
-    Ok(Published { orders, replayed })
+    Ok((messages, replayed))
 }
 
 async fn mark_accepted(pool: &Pool, key: &str) -> Result<(), ApiError> {

@@ -12,6 +12,7 @@ use crate::routes;
     info(title = "orderflow producer API", description = "Orders in, stock reserved: validated, published to Kafka, answered 202 once the broker acknowledged."),
     paths(
         routes::place_order::place_order, routes::place_batch::place_batch, routes::get_order::get_order,
+        routes::order_command::confirm_order, routes::order_command::cancel_order,
         routes::get_inventory::get_inventory, routes::health::health, routes::health::ready, routes::metrics::metrics,
         routes::admin_products::create_product, routes::admin_products::restock, routes::admin_inventory::list_inventory,
     ),
@@ -43,6 +44,21 @@ pub struct OrderRequest {
     /// At most 2 decimals.
     #[schema(minimum = 0, maximum = 9999999999.99, multiple_of = 0.01, example = 6499.95)]
     amount: f64,
+    /// How long the reservation holds, in seconds, before it expires unless confirmed or
+    /// cancelled; default RESERVATION_TTL_SECONDS (900) of the consumer.
+    #[schema(minimum = 1, maximum = 86400, example = 600, nullable = false)]
+    hold_seconds: Option<i64>,
+}
+
+/// The optional body of `POST /orders/{order_id}/confirm` and `/cancel`.
+#[derive(serde::Deserialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    /// The order's customer: required while the order is not processed yet (it may still be
+    /// in Kafka), and must match once it is.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f\ud800-\udfff]+$", example = "CUST001", nullable = false)]
+    customer_id: Option<String>,
 }
 
 /// 1 to 5000 orders (the derive cannot put item bounds on a newtype, so this is by hand).
@@ -87,7 +103,12 @@ pub struct Inventory {
     product_name: String,
     available_quantity: i64,
     reserved_quantity: i64,
+    /// Units on hand: available + reserved.
     total_quantity: i64,
+    /// Units sold (confirmed holds).
+    sold_quantity: i64,
+    /// Initial stock plus restocks: always available + reserved + sold.
+    received_quantity: i64,
     updated_at: String,
 }
 

@@ -87,6 +87,8 @@ impl Application {
                 .service(with_json(resource("/order", "POST").route(web::post().to(routes::place_order)), order_json))
                 .service(with_json(resource("/orders/batch", "POST").route(web::post().to(routes::place_batch)), batch_json))
                 .service(resource("/orders/{order_id}", "GET").route(web::get().to(routes::get_order)))
+                .service(resource("/orders/{order_id}/confirm", "POST").route(web::post().to(routes::confirm_order)))
+                .service(resource("/orders/{order_id}/cancel", "POST").route(web::post().to(routes::cancel_order)))
                 .service(resource("/inventory/{product_id}", "GET").route(web::get().to(routes::get_inventory)))
                 .service(resource("/admin/products", "POST").route(web::post().to(routes::create_product)))
                 .service(resource("/admin/products/{product_id}/restock", "POST").route(web::post().to(routes::restock)))

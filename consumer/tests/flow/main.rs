@@ -5,10 +5,12 @@
 mod admin;
 mod crash;
 mod end_to_end;
+mod expiry;
 mod faults;
 mod gaps;
 mod invalid;
 mod lag;
+mod lifecycle;
 mod permanent;
 mod plans;
 mod race;

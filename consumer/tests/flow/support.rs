@@ -11,6 +11,8 @@ use uuid::Uuid;
 
 use orderflow_common::config::KafkaSettings;
 use orderflow_common::db;
+use orderflow_common::command::{CommandKind, OrderCommand};
+use orderflow_common::events::OrderEvent;
 use orderflow_common::order::{NewOrder, PlacedOrder};
 use orderflow_common::testing::{eventually, TestBroker, TestDatabase};
 use orderflow_consumer::stats::Stats;
@@ -192,6 +194,59 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// The events of `order-events` so far, waiting up to `timeout` for at least `at_least`.
+    pub async fn read_events(&self, at_least: usize, timeout: Duration) -> Vec<OrderEvent> {
+        read_topic_for(self.broker.bootstrap_servers(), self.events_topic.clone(), at_least, timeout)
+            .await
+            .into_iter()
+            .map(|(_, payload, _)| serde_json::from_slice(&payload.expect("events have payloads")).expect("events parse"))
+            .collect()
+    }
+
+    /// Waits until `order-events` holds an event with each of `ids`; returns all events.
+    pub async fn wait_for_event_ids(&self, ids: &[Uuid], timeout: Duration) -> Vec<OrderEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Everything there is: the topic may hold more than these events.
+            let events = self.read_events(usize::MAX, Duration::from_millis(1500)).await;
+            let seen: std::collections::HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
+            let missing: Vec<&Uuid> = ids.iter().filter(|id| !seen.contains(id)).collect();
+            if missing.is_empty() {
+                return events;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "events missing after {timeout:?}: {} of {}, e.g. {:?}", missing.len(), ids.len(), missing[0]);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The API on this stack's broker and database; returns its base URL.
+    pub async fn start_api(&self) -> String {
+        let producer = orderflow_producer::Application::build(orderflow_producer::Settings::new(self.kafka(), self.database.settings()))
+            .await
+            .expect("producer starts");
+        let base = format!("http://127.0.0.1:{}", producer.port());
+        tokio::spawn(producer.run_until_stopped());
+        base
+    }
+
+    pub async fn publish_command(&self, producer: &FutureProducer, command: &OrderCommand) {
+        let payload = serde_json::to_vec(command).unwrap();
+        self.publish_raw(producer, &[(command.customer_id.clone(), payload)]).await;
+    }
+}
+
+/// A consumer for the lifecycle tests: a fast sweeper and relay, quick permanent retries.
+pub fn fast_holds(settings: &mut Settings) {
+    settings.holds.sweep_interval_ms = 100;
+    settings.holds.outbox_relay_interval_ms = 200;
+    settings.batch.permanent_retry_ms = 200;
+}
+
+pub fn command(kind: CommandKind, order: &PlacedOrder) -> OrderCommand {
+    OrderCommand { command: kind, command_id: Uuid::now_v7(), order_id: order.order_id, customer_id: order.customer_id.clone(), issued_at: Utc::now() }
+}
+
 pub fn placed_order(customer: &str, product: &str, quantity: i32) -> PlacedOrder {
     let order = NewOrder { customer_id: customer.into(), product_id: product.into(), quantity, amount_cents: 1999, hold_seconds: None };
     PlacedOrder::new(order, Uuid::now_v7(), Utc::now())
@@ -238,6 +293,16 @@ impl RunningConsumer {
 
 /// Every message of a one-partition topic, from the beginning: (key, payload, headers).
 pub async fn read_topic(bootstrap: String, topic: String, expected: usize) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, String)>)> {
+    read_topic_for(bootstrap, topic, expected, Duration::from_secs(20)).await
+}
+
+/// `read_topic`, giving up after `timeout` with what it found.
+pub async fn read_topic_for(
+    bootstrap: String,
+    topic: String,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, String)>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     tokio::task::spawn_blocking(move || {
@@ -250,7 +315,7 @@ pub async fn read_topic(bootstrap: String, topic: String, expected: usize) -> Ve
         let mut list = rdkafka::TopicPartitionList::new();
         list.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning).unwrap();
         consumer.assign(&list).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + timeout;
         let mut found = Vec::new();
         while found.len() < expected && std::time::Instant::now() < deadline {
             if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {

@@ -57,8 +57,8 @@ pub async fn create_product(
     }
     let client = pool.get().await?;
     let sql = format!(
-        "INSERT INTO inventory (product_id, product_name, available_quantity, reserved_quantity, total_quantity) \
-         VALUES ($1, $2, $3, 0, $3) RETURNING {INVENTORY_COLUMNS}"
+        "INSERT INTO inventory (product_id, product_name, available_quantity, reserved_quantity, total_quantity, received_quantity) \
+         VALUES ($1, $2, $3, 0, $3, $3) RETURNING {INVENTORY_COLUMNS}"
     );
     match client.query_one(&sql, &[&body.product_id, &body.product_name, &body.quantity]).await {
         Ok(row) => {
@@ -81,7 +81,7 @@ pub async fn create_product(
         (status = 413, description = "body too large", body = crate::openapi::ErrorBody),
         (status = 429, description = "rate limited", body = crate::openapi::ErrorBody),
         (status = 503, description = "database unavailable", body = crate::openapi::ErrorBody)))]
-/// POST /admin/products/{product_id}/restock: adds to available and total stock. Waits for
+/// POST /admin/products/{product_id}/restock: adds to available, total and received stock. Waits for
 /// the row lock (consumers retry around it), so it never fails on a busy product.
 pub async fn restock(
     request: HttpRequest,
@@ -97,7 +97,7 @@ pub async fn restock(
     let client = pool.get().await?;
     let sql = format!(
         "UPDATE inventory SET available_quantity = available_quantity + $2, total_quantity = total_quantity + $2, \
-         updated_at = now() WHERE product_id = $1 RETURNING {INVENTORY_COLUMNS}"
+         received_quantity = received_quantity + $2, updated_at = now() WHERE product_id = $1 RETURNING {INVENTORY_COLUMNS}"
     );
     let Some(row) = client.query_opt(&sql, &[&product_id.as_str(), &body.quantity]).await? else {
         return Err(ApiError::NotFound(format!("product {:?}", product_id.as_str())));

@@ -6,6 +6,7 @@ pub(crate) mod get_inventory;
 pub(crate) mod get_order;
 pub(crate) mod health;
 pub(crate) mod metrics;
+pub(crate) mod order_command;
 pub(crate) mod place_batch;
 pub(crate) mod place_order;
 
@@ -15,6 +16,7 @@ pub use get_inventory::get_inventory;
 pub use get_order::get_order;
 pub use health::{health, ready};
 pub use metrics::metrics;
+pub use order_command::{cancel_order, confirm_order};
 pub use place_batch::{place_batch, MAX_BATCH_ORDERS};
 pub use place_order::place_order;
 
@@ -25,7 +27,7 @@ use crate::error::ApiError;
 
 /// The inventory row as every route shows it.
 const INVENTORY_COLUMNS: &str =
-    "product_id, product_name, available_quantity, reserved_quantity, total_quantity, updated_at";
+    "product_id, product_name, available_quantity, reserved_quantity, total_quantity, sold_quantity, received_quantity, updated_at";
 
 fn inventory_json(row: &tokio_postgres::Row) -> Value {
     serde_json::json!({
@@ -34,6 +36,8 @@ fn inventory_json(row: &tokio_postgres::Row) -> Value {
         "available_quantity": row.get::<_, i64>("available_quantity"),
         "reserved_quantity": row.get::<_, i64>("reserved_quantity"),
         "total_quantity": row.get::<_, i64>("total_quantity"),
+        "sold_quantity": row.get::<_, i64>("sold_quantity"),
+        "received_quantity": row.get::<_, i64>("received_quantity"),
         "updated_at": row.get::<_, chrono::DateTime<chrono::Utc>>("updated_at"),
     })
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 mod admin;
+mod commands;
 mod health;
 mod idempotency;
 mod openapi;

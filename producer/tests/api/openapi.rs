@@ -22,7 +22,8 @@ async fn the_openapi_document_describes_every_route() {
     let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
     let paths = doc["paths"].as_object().unwrap();
     for route in [
-        "/order", "/orders/batch", "/orders/{order_id}", "/inventory/{product_id}", "/health", "/ready", "/metrics",
+        "/order", "/orders/batch", "/orders/{order_id}", "/orders/{order_id}/confirm", "/orders/{order_id}/cancel",
+        "/inventory/{product_id}", "/health", "/ready", "/metrics",
         "/admin/products", "/admin/products/{product_id}/restock", "/admin/inventory",
     ] {
         assert!(paths.contains_key(route), "{route} is documented");
