@@ -45,8 +45,8 @@ pub struct OrderRequest {
     #[schema(minimum = 0, maximum = 9999999999.99, multiple_of = 0.01, example = 6499.95)]
     amount: f64,
     /// How long the reservation holds, in seconds, before it expires unless confirmed or
-    /// cancelled; default RESERVATION_TTL_SECONDS (900) of the consumer.
-    #[schema(minimum = 1, maximum = 86400, example = 600, nullable = false)]
+    /// cancelled; absent or null: RESERVATION_TTL_SECONDS (900) of the consumer.
+    #[schema(minimum = 1, maximum = 86400, example = 600, nullable = true)]
     hold_seconds: Option<i64>,
 }
 
@@ -56,8 +56,8 @@ pub struct OrderRequest {
 #[serde(deny_unknown_fields)]
 pub struct CommandRequest {
     /// The order's customer: required while the order is not processed yet (it may still be
-    /// in Kafka), and must match once it is.
-    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f\ud800-\udfff]+$", example = "CUST001", nullable = false)]
+    /// in Kafka), and must match once it is. Null counts as absent.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f\ud800-\udfff]+$", example = "CUST001", nullable = true)]
     customer_id: Option<String>,
 }
 
