@@ -54,6 +54,9 @@ check("topic job creates orders-placed with 50 partitions, RF 3, min ISR 2",
       "--topic orders-placed" in topics_job and "--partitions 50" in topics_job
       and "--replication-factor 3" in topics_job and "min.insync.replicas=2" in topics_job)
 check("topic job creates orders-dlq", "--topic orders-dlq" in topics_job)
+check("topic job creates order-events, RF 3, min ISR 2",
+      "--topic order-events --partitions 50 --replication-factor 3 --config min.insync.replicas=2"
+      in " ".join(topics_job.replace("\\", " ").split()))
 check("postgres is version 16 with a volume",
       str(services.get("postgres", {}).get("image", "")).startswith("postgres:16") and services.get("postgres", {}).get("volumes"))
 check("migrate runs `migrate` after postgres is healthy",

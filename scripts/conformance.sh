@@ -172,17 +172,20 @@ race_fail() {
     return 1
 }
 race() {
-    local suffix consumer_port producer_port race_url dead_letters kafka
+    local suffix consumer_port producer_port race_url dead_letters events kafka
     suffix="conformance-$$"
     RACE_DB="orderflow_conformance_$$"
     psql -w -X -q -v ON_ERROR_STOP=1 -d "$PG_ADMIN_URL" -c "CREATE DATABASE $RACE_DB" >/dev/null || return 1
     race_url="$(printf '%s' "$DATABASE_URL" | sed -E "s#(://[^/]*)/[^?]*#\1/$RACE_DB#")"
     if [ "$BROKER" = tansu ]; then
         dead_letters="orders-dlq-$suffix"
+        events="order-events-$suffix"
         tansu_ensure_topic "$ADDR" "orders-placed-$suffix" 16 || return 1
         tansu_ensure_topic "$ADDR" "$dead_letters" 1 || return 1
+        tansu_ensure_topic "$ADDR" "$events" 16 || return 1
     else
         dead_letters="orders-dlq" # the dev broker's; it is this run's alone
+        events="order-events"
         ADDR="127.0.0.1:$(free_port)"
         spawn dev-broker "$WORK/dev-broker.log" env DEV_BROKER_ADDR="$ADDR" KAFKA_TOPIC="orders-placed-$suffix" \
             KAFKA_TOPIC_PARTITIONS=16 "${CARGO_TARGET_DIR:-$ROOT/target}"/debug/dev-broker
@@ -196,7 +199,7 @@ race() {
     consumer_port="$(free_port)"
     producer_port="$(free_port)"
     kafka=(env DATABASE_URL="$race_url" KAFKA_BROKERS="$ADDR" KAFKA_TOPIC="orders-placed-$suffix"
-        KAFKA_CONFIG="$KAFKA_CONFIG_FOR_TESTS" RUST_LOG=info)
+        KAFKA_CONFIG="$KAFKA_CONFIG_FOR_TESTS" ORDER_EVENTS_TOPIC="$events" RUST_LOG=info)
     "${kafka[@]}" "${CARGO_TARGET_DIR:-$ROOT/target}"/debug/consumer migrate >"$WORK/migrate.log" 2>&1 || race_fail "consumer migrate failed" || return 1
     spawn consumer "$WORK/consumer.log" "${kafka[@]}" CONSUMER_ADMIN_ADDR="127.0.0.1:$consumer_port" \
         KAFKA_GROUP_ID="orderflow-consumer-$suffix" DEAD_LETTER_TOPIC="$dead_letters" "${CARGO_TARGET_DIR:-$ROOT/target}"/debug/consumer

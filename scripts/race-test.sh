@@ -9,21 +9,35 @@ source scripts/lib.sh
 
 usage() {
     cat <<EOF
-Usage: scripts/race-test.sh [--product ID] [--stock S] [--orders N] [--concurrency C]
+Usage: scripts/race-test.sh [--scenario oversell|lifecycle] [--product ID] [--stock S] [--orders N]
+                           [--concurrency C] [--hold SECONDS]
+
+Scenarios:
+  oversell   (default) ORDERS concurrent orders for STOCK units: exactly min(ORDERS, STOCK)
+             reserved, the rest rejected, the inventory adds up.
+  lifecycle  the same race with holds of HOLD seconds, then random confirms (CONFIRM_PCT)
+             and cancels (CANCEL_PCT) from CONCURRENCY clients while the rest expire:
+             sold = confirmed units, no hold left, available + sold = stock, every command
+             decided, one final event per order in order-events (scripts/race-lifecycle.sh).
 
 Each option can also be given as an environment variable:
   PRODUCT      product to race on                (default PROD001)
   STOCK        stock the product is reset to     (default 50)
   ORDERS       number of single-unit orders      (default 200)
   CONCURRENCY  parallel curl requests            (default 50)
+  SCENARIO     oversell or lifecycle             (default oversell)
+  HOLD         lifecycle: hold_seconds of orders (default 5)
+  CONFIRM_PCT  lifecycle: orders confirmed, %     (default 50)
+  CANCEL_PCT   lifecycle: orders cancelled, %     (default 25)
   PRODUCER_URL producer base URL                 (default http://127.0.0.1:8080)
   DATABASE_URL database the consumer writes to   (default $DEFAULT_DATABASE_URL)
 
-The product's stock is overwritten. Other traffic for the same product during the
+The product's stock is overwritten (lifecycle: and its live holds end). Other traffic for the same product during the
 run will make the inventory checks fail.
 EOF
 }
 
+SCENARIO="${SCENARIO:-oversell}"
 PRODUCT="${PRODUCT:-PROD001}"
 STOCK="${STOCK:-50}"
 ORDERS="${ORDERS:-200}"
@@ -39,10 +53,22 @@ while [ $# -gt 0 ]; do
         --stock) STOCK="${2:?--stock needs a value}"; shift 2 ;;
         --orders) ORDERS="${2:?--orders needs a value}"; shift 2 ;;
         --concurrency) CONCURRENCY="${2:?--concurrency needs a value}"; shift 2 ;;
+        --scenario) SCENARIO="${2:?--scenario needs a value}"; shift 2 ;;
+        --hold) HOLD="${2:?--hold needs a value}"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
 done
+
+case "$SCENARIO" in
+    oversell) ;;
+    lifecycle)
+        export PRODUCT STOCK ORDERS CONCURRENCY PRODUCER_URL DATABASE_URL
+        [ -n "${HOLD:-}" ] && export HOLD
+        exec scripts/race-lifecycle.sh
+        ;;
+    *) usage >&2; die "unknown scenario: $SCENARIO" ;;
+esac
 
 # STOCK is interpolated into SQL as a literal, so it must really be a number.
 for v in STOCK ORDERS CONCURRENCY; do
@@ -61,12 +87,20 @@ curl -fsS -o /dev/null --max-time 5 "$PRODUCER_URL/health" ||
     die "producer not reachable at $PRODUCER_URL; start the stack with scripts/up.sh"
 sql -c 'SELECT 1' >/dev/null || die "cannot connect to $DATABASE_URL"
 
-log "resetting $PRODUCT to stock $STOCK"
+# One transaction under the product's row lock, as the consumer's own: live holds of earlier
+# runs end (expired), so that no later expiry gives their units to this run's product.
+log "resetting $PRODUCT to stock $STOCK (ending its live holds)"
 updated="$(sql -v pid="$PRODUCT" -v s="$STOCK" <<<"
+    BEGIN;
+    SELECT product_id FROM inventory WHERE product_id = :'pid' FOR UPDATE \\g /dev/null
+    UPDATE orders SET status = 'expired', reason = 'hold_expired', status_changed_at = now()
+     WHERE product_id = :'pid' AND status = 'reserved';
     UPDATE inventory
-       SET available_quantity = :s, reserved_quantity = 0, total_quantity = :s, updated_at = now()
+       SET available_quantity = :s, reserved_quantity = 0, total_quantity = :s, sold_quantity = 0,
+           received_quantity = :s, updated_at = now()
      WHERE product_id = :'pid'
-    RETURNING product_id;")"
+    RETURNING product_id;
+    COMMIT;")"
 [ -n "$updated" ] || die "product $PRODUCT does not exist in the inventory table (run 'consumer migrate' to seed PROD001..PROD010)"
 
 start_ts="$(sql -c 'SELECT now()')"

@@ -107,6 +107,7 @@ elif [ "$BROKER" = "tansu" ]; then
     }
     tansu_ensure_topic "$TANSU_ADDR" "${KAFKA_TOPIC:-orders-placed}" "${KAFKA_TOPIC_PARTITIONS:-12}"
     tansu_ensure_topic "$TANSU_ADDR" "${DEAD_LETTER_TOPIC:-orders-dlq}" 1
+    tansu_ensure_topic "$TANSU_ADDR" "${ORDER_EVENTS_TOPIC:-order-events}" "${KAFKA_TOPIC_PARTITIONS:-12}"
     KAFKA_BROKERS="$TANSU_ADDR"
     # tansu answers a fetch only once it has read the whole response from SQLite. With
     # librdkafka's 50 MiB fetches a big backlog kept heartbeats waiting behind them until the

@@ -6,6 +6,7 @@ pub mod allocation;
 pub mod context;
 pub mod dead_letters;
 pub mod events;
+pub mod events_dump;
 pub mod expiry;
 pub mod fault;
 pub mod control;

@@ -18,6 +18,25 @@ async fn main() -> anyhow::Result<()> {
             println!("re-emitted {replayed} dead letters to {}", settings.kafka.topic);
             return Ok(());
         }
+        Some(Command::EventsDump { order_ids }) => {
+            let only = match order_ids {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)?
+                        .lines()
+                        .filter(|line| !line.trim().is_empty())
+                        .map(|line| line.trim().parse::<uuid::Uuid>())
+                        .collect::<Result<std::collections::HashSet<_>, _>>()?,
+                ),
+                None => None,
+            };
+            let printed = tokio::task::spawn_blocking(move || {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                orderflow_consumer::events_dump::dump(&settings, only.as_ref(), std::time::Duration::from_secs(120), &mut out)
+            })
+            .await??;
+            tracing::info!(printed, "events dumped");
+            return Ok(());
+        }
         None => {}
     }
     // A task that ended unexpectedly is already logged with its cause; returning the error

@@ -25,6 +25,13 @@ pub enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// Print the events of the events topic (one JSON object a line) up to its current end,
+    /// then exit.
+    EventsDump {
+        /// Only the events of the order ids in this file (one a line).
+        #[arg(long = "order-ids")]
+        order_ids: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -24,6 +24,9 @@ struct Args {
     /// need. 12 still allows 12 consumers in the group.
     #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 12)]
     partitions: i32,
+    /// Topic of the order events (as the consumer's ORDER_EVENTS_TOPIC), same partitions.
+    #[arg(long = "events-topic", env = "ORDER_EVENTS_TOPIC", default_value = orderflow_common::events::EVENTS_TOPIC)]
+    events_topic: String,
     #[command(flatten)]
     log: LogSettings,
 }
@@ -32,7 +35,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     telemetry::init(args.log.format);
-    let topics = [(args.topic.clone(), args.partitions), (DEAD_LETTER_TOPIC.to_owned(), 1)];
+    let topics = [(args.topic.clone(), args.partitions), (DEAD_LETTER_TOPIC.to_owned(), 1), (args.events_topic.clone(), args.partitions)];
     let broker = DevBroker::start(args.listen, &topics).await.context("starting the dev broker")?;
     println!("dev broker ready on {}", broker.bootstrap_servers());
     termination_signal().await;
