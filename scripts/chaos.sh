@@ -19,7 +19,12 @@ RATE="${RATE:-2000}"
 KILLS="${KILLS:-5}"
 CHAOS_PG_RESTART="${CHAOS_PG_RESTART:-1}"
 OUT=bench-results/chaos
-PRODUCER_URL=http://127.0.0.1:8080
+# The stack's own addresses (up.sh's PRODUCER_ADDR and CONSUMER_ADMIN_ADDR), so a run on
+# other ports than 8080/8081 does not talk to someone else's stack.
+PRODUCER_PORT="$(addr_port "${PRODUCER_ADDR:-0.0.0.0:8080}")"
+CONSUMER_PORT="$(addr_port "${CONSUMER_ADMIN_ADDR:-0.0.0.0:8081}")"
+PRODUCER_URL="http://127.0.0.1:$PRODUCER_PORT"
+CONSUMER_URL="http://127.0.0.1:$CONSUMER_PORT"
 
 scripts/up.sh >/dev/null
 cargo build --release -p orderflow-bench
@@ -60,13 +65,13 @@ kill_consumer() {
     log "fault: consumer (pid $pid) SIGKILLed ($kills/$KILLS); restarting with scripts/up.sh"
     # The extra members own partitions too, so up.sh must not wait for its own to own them all.
     UP_WAIT_SETTLED=0 scripts/up.sh >/dev/null 2>&1 || warn "up.sh failed after the kill"
-    wait_ready http://127.0.0.1:8081/ready
+    wait_ready "$CONSUMER_URL/ready"
     recoveries+=("consumer SIGKILL #$kills: $(ms_since "$t0") ms to ready again")
 }
 
-extra_consumer() { # extra_consumer N: another group member on admin port 1808N (not one of up.sh's CONSUMERS)
+extra_consumer() { # extra_consumer N: another group member on admin port (consumer port + 100 + N), not one of up.sh's CONSUMERS
     # The broker settings up.sh gave its consumer (tansu wants smaller fetches).
-    (set -a && source "$RUN_DIR/consumer.env" && CONSUMER_ADMIN_ADDR="127.0.0.1:1808$1" exec nohup target/release/consumer </dev/null >"$LOG_DIR/chaos-consumer-$1.log" 2>&1) &
+    (set -a && source "$RUN_DIR/consumer.env" && CONSUMER_ADMIN_ADDR="127.0.0.1:$((CONSUMER_PORT + 100 + $1))" exec nohup target/release/consumer </dev/null >"$LOG_DIR/chaos-consumer-$1.log" 2>&1) &
     extra_pids+=("$!")
     rebalances=$((rebalances + 1))
     log "fault: consumer-$1 joins the group (pid $!)"
@@ -88,11 +93,11 @@ restart_postgres() {
     t0=$(date +%s%N)
     log "fault: restarting PostgreSQL $version/main"
     pg_ctlcluster --skip-systemctl-redirect "$version" main stop -m fast
-    curl -fsS -o /dev/null http://127.0.0.1:8080/ready 2>/dev/null || went_red=yes
+    curl -fsS -o /dev/null "$PRODUCER_URL/ready" 2>/dev/null || went_red=yes
     sleep 2
     pg_ctlcluster --skip-systemctl-redirect "$version" main start
     pg_restarts=1
-    wait_ready http://127.0.0.1:8080/ready
+    wait_ready "$PRODUCER_URL/ready"
     recoveries+=("PostgreSQL restart: producer /ready red while down: $went_red; green again after $(ms_since "$t0") ms")
 }
 

@@ -203,10 +203,15 @@ const FIND_ORDERS: &str = "SELECT order_id, customer_id, product_id, quantity, s
 const FIND_COMMANDS: &str = "SELECT command_id, outcome, reason, decided_at FROM order_commands \
      WHERE command_id = ANY($1) FOR UPDATE";
 
-/// Parked commands of this part's orders, to apply right after their placement. The partial
-/// index holds only pending commands, normally none.
+/// Parked commands of this part's orders, to apply right after their placement. The pending
+/// set is normally empty, and the uncorrelated EXISTS is a one-time filter that PostgreSQL
+/// evaluates first: the per-order probes of `= ANY($1)` run only when some command is parked
+/// at all. Measured with 10,000 ids and nothing parked: 17-19 ms per call without the guard
+/// (two index probes per id), 0.01 ms with it (README, Performance).
 const FIND_PARKED: &str = "SELECT command_id, order_id, customer_id, kind, issued_at FROM order_commands \
-     WHERE outcome = 'pending' AND order_id = ANY($1) ORDER BY received_at, command_id FOR UPDATE";
+     WHERE outcome = 'pending' AND order_id = ANY($1) \
+       AND EXISTS (SELECT 1 FROM order_commands WHERE outcome = 'pending') \
+     ORDER BY received_at, command_id FOR UPDATE";
 
 const INSERT_ORDERS: &str = "INSERT INTO orders \
      (order_id, customer_id, product_id, quantity, amount, status, reason, created_at, processed_at, status_changed_at, expires_at) \
