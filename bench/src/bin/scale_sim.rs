@@ -229,11 +229,14 @@ fn simulate(p: &Params, consumers: usize) -> Outcome {
             if waiting == 0 || !due {
                 continue;
             }
+            // A fetch brings messages of every assigned partition, not one partition first:
+            // take from each in proportion to what it holds.
             let mut per_product = vec![0_u64; p.hot];
             let mut room = p.batch_max as u64;
+            let share = (p.batch_max as f64 / waiting as f64).min(1.0);
             for partition in &consumer.partitions {
                 for (product, count) in backlog[*partition].iter_mut().enumerate() {
-                    let take = (*count).min(room);
+                    let take = ((*count as f64 * share).ceil() as u64).min(*count).min(room);
                     *count -= take;
                     room -= take;
                     per_product[product] += take;
