@@ -2,6 +2,7 @@
 //! beside two references on the same PostgreSQL. See scripts/bench.sh.
 
 mod chart;
+mod checkout;
 mod consumers;
 mod cpu;
 mod load;
@@ -178,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("\n{markdown}");
     println!("results: {} (and .md, .png)", json.display());
-    let failed = report.runs.iter().any(|run| !run.checks.passed()) || report.references.iter().any(|r| !r.checks_passed);
+    let failed = report.runs.iter().any(|run| !run.checks.passed() || run.checkout.as_ref().is_some_and(|c| !c.checks_passed)) || report.references.iter().any(|r| !r.checks_passed);
     anyhow::ensure!(!failed, "a correctness check failed: see the table");
     Ok(())
 }
@@ -262,7 +263,11 @@ async fn run_workload(
     if let Some(admin) = &args.pause_consumer {
         consumer_control(admin, args.admin_token.as_deref(), "pause").await?;
     }
-    let result = load::run(load, load::bodies(&orders, args.batch_size), &name).await;
+    let bodies = match workload {
+        Workload::Checkout => checkout::bodies(&orders, args.batch_size),
+        _ => load::bodies(&orders, args.batch_size),
+    };
+    let result = load::run(load, bodies, &name).await;
     if let Some(admin) = &args.pause_consumer {
         let in_database = measure::count(pool, &products).await?;
         eprintln!("{name}: {} accepted while the consumer was paused ({in_database} in the database)", result.accepted.len());
@@ -280,6 +285,12 @@ async fn run_workload(
         eprintln!("{name}: only {finalized} of {expected} accepted orders finalized within {} s", args.timeout_seconds);
     }
     let (producer_peak, consumer_peak) = (producer_rss.finish(), consumer_rss.finish());
+    // Commands and expiry come after the placements are measured, so flash-sale's numbers
+    // above mean the same for checkout.
+    let checkout = match workload {
+        Workload::Checkout => Some(checkout::run(load, pool, &products, &stock, args.seed, Duration::from_secs(args.timeout_seconds)).await?),
+        _ => None,
+    };
     let breakdown = consumers::Breakdown::new(consumers, consumers::scrape(&admin_urls).await - counters_before);
     let cpu_us_per_order = cpu::per_order(&cpu_before, &cpu::sample(&pid_dir, &database), orders.len());
     measure::analyze_orders(pool).await?;
@@ -300,6 +311,7 @@ async fn run_workload(
         consumer_peak_rss_mib: consumer_peak,
         consumers: breakdown,
         cpu_us_per_order,
+        checkout,
     })
 }
 

@@ -42,6 +42,8 @@ pub struct Run {
     pub consumers: crate::consumers::Breakdown,
     /// CPU microseconds per order of each component over the run (from /proc).
     pub cpu_us_per_order: std::collections::BTreeMap<String, f64>,
+    /// The checkout workload's commands and expiries.
+    pub checkout: Option<crate::checkout::CheckoutOutcome>,
 }
 
 #[derive(Debug, Serialize)]
@@ -140,6 +142,15 @@ impl Report {
             );
         }
         out.push('\n');
+        for run in &self.runs {
+            let Some(c) = &run.checkout else { continue };
+            let _ = writeln!(out, "Checkout ({}): {} holds; {} confirms and {} cancels sent at {:.0} commands/s ({} failed); {} left to expire.\n", run.name, c.reserved, c.confirms_sent, c.cancels_sent, c.commands_per_second, c.failed_commands, c.left_to_expire);
+            let _ = writeln!(out, "| kind | count | p50 ms | p95 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|");
+            for (kind, count, l) in [("confirmed (issued -> committed)", c.confirmed, &c.confirm_latency), ("cancelled (issued -> committed)", c.cancelled, &c.cancel_latency), ("expired (expires_at -> released)", c.expired, &c.expiry_lateness)] {
+                let _ = writeln!(out, "| {kind} | {count} | {:.1} | {:.1} | {:.1} | {:.1} |", l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms);
+            }
+            let _ = writeln!(out, "\nRefused commands: {}. Sold = confirmed units, nothing reserved, available + sold = stock: {}.\n", c.refused, if c.checks_passed { "yes" } else { "NO" });
+        }
         let _ = writeln!(out, "Where the consumers' time went (counters summed over the group, over each run):\n");
         let _ = writeln!(out, "| run | consumers | batches | mean batch | mean batch ms | lock conflicts | conflict backoff s | backoff s per batch s |");
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");

@@ -14,6 +14,9 @@ pub enum Workload {
     OneHotRow,
     /// 100,000 products, uniform, little contention.
     Catalog,
+    /// Flash-sale orders with a 10 s hold; then every reserved order is confirmed (50%),
+    /// cancelled (25%) or left to expire (25%) through the API (see checkout.rs).
+    Checkout,
 }
 
 /// One order as the load generator sends it.
@@ -40,6 +43,7 @@ impl Workload {
             Self::FlashSale => "flash-sale",
             Self::OneHotRow => "one-hot-row",
             Self::Catalog => "catalog",
+            Self::Checkout => "checkout",
         }
     }
 
@@ -50,7 +54,7 @@ impl Workload {
         (0..count)
             .map(|i| {
                 let (product_id, customer_id, quantity) = match self {
-                    Self::FlashSale => (
+                    Self::FlashSale | Self::Checkout => (
                         format!("{prefix}P{:03}", rng.random_range(1..=10)),
                         format!("CUST{:06}", rng.random_range(0..FLASH_SALE_CUSTOMERS)),
                         rng.random_range(1..=3),
@@ -79,7 +83,7 @@ impl Workload {
             .into_iter()
             .map(|(product, units)| {
                 let stock = match self {
-                    Self::FlashSale => units * 8 / 10,
+                    Self::FlashSale | Self::Checkout => units * 8 / 10,
                     Self::OneHotRow | Self::Catalog => units * 2,
                 };
                 (product.to_owned(), stock)
