@@ -67,8 +67,8 @@ impl LatencyHistogram {
         if ms.is_nan() || ms < 1.0 {
             return 0;
         }
-        let index = (ms.ln() / GROWTH.ln()).ceil() as i64 + 1;
-        index.clamp(1, i64::from(LAST_BUCKET)) as u16
+        // Clamped as a float: an infinite value must not overflow the cast.
+        ((ms.ln() / GROWTH.ln()).ceil() + 1.0).clamp(1.0, f64::from(LAST_BUCKET)) as u16
     }
 
     /// The upper bound of a bucket, in ms: what a quantile falling into it reports.
