@@ -33,7 +33,8 @@ pub struct MemberReport {
     pub lock_conflicts: u64,
     /// Messages sent to the dead-letter topic.
     pub dead_lettered: u64,
-    /// Cumulative orders per outcome: reserved, rejected, already_applied, ...
+    /// Cumulative counts per outcome: reserved, rejected, already_applied, confirmed,
+    /// cancelled, expired, and refused (commands refused, not orders).
     pub outcomes: BTreeMap<String, u64>,
     /// placed_at -> database commit, of the orders committed in the last interval.
     pub latency: LatencyHistogram,

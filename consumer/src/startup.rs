@@ -217,9 +217,9 @@ impl Application {
     /// Runs until SIGTERM, Ctrl-C or the shutdown token; then stops fetching, finishes the
     /// batch in hand, commits its offsets and stops the admin server.
     ///
-    /// If the batch loop, the gap watcher, the admin server, the stats reporter or the status
-    /// reporter ends first, that is a
-    /// failure: the others are shut down the same way and the error names the task and why,
+    /// If any watched task (the batch loop, the gap watcher, the admin server, the stats
+    /// reporter, the expiry sweeper, the outbox relay or the status reporter) ends first,
+    /// that is a failure: the others are shut down the same way and the error names the task and why,
     /// so that `main` exits non-zero and the orchestrator restarts a consumer that would
     /// otherwise answer /health while consuming nothing.
     pub async fn run_until_stopped(self) -> Result<(), RunError> {

@@ -110,10 +110,16 @@ impl StatusReporter {
             problems.push(format!("writes stuck since {} on {} orders: {}", stuck.since.to_rfc3339(), stuck.orders, stuck.error));
         }
         let totals = self.stats.totals();
+        // Holds' ends (confirmed, cancelled, expired: by the sweeper too) and refused
+        // commands, next to the placements' outcomes: the dashboard charts them all.
         let outcomes = [
             ("reserved", totals.reserved),
             ("rejected", totals.rejected),
             ("already_applied", totals.already_applied),
+            ("confirmed", totals.confirmed),
+            ("cancelled", totals.cancelled),
+            ("expired", totals.expired),
+            ("refused", totals.refused),
         ]
         .into_iter()
         .map(|(outcome, count)| (outcome.to_owned(), count))

@@ -1,5 +1,6 @@
 //! The dashboard end to end: a consumer reports itself into consumer_status, the producer's
-//! snapshot task reads it with the inventory rows, and GET /dashboard/events streams it.
+//! snapshot task reads it with the inventory rows, and GET /dashboard/events streams it,
+//! holds' ends (confirmed, cancelled, expired, refused commands) and sold stock included.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use serde_json::{json, Value};
 use orderflow_common::testing::eventually;
 use orderflow_producer::Application as Producer;
 
-use crate::support::Stack;
+use crate::support::{fast_holds, Stack};
 
 /// Reads server-sent events until `wanted` accepts a snapshot; returns that snapshot.
 async fn next_snapshot_where(response: &mut reqwest::Response, buffer: &mut String, wanted: impl Fn(&Value) -> bool) -> Value {
@@ -31,7 +32,12 @@ async fn next_snapshot_where(response: &mut reqwest::Response, buffer: &mut Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_streams_consumers_outcomes_and_the_stock_of_hot_products() {
     let stack = Stack::start(4).await;
-    let consumer = stack.start_consumer(|settings| settings.status_report_ms = 200).await;
+    let consumer = stack
+        .start_consumer(|settings| {
+            fast_holds(settings);
+            settings.status_report_ms = 200;
+        })
+        .await;
     let mut settings = orderflow_producer::Settings::new(stack.kafka(), stack.database.settings());
     settings.dashboard.refresh_ms = 200;
     let producer = Producer::build(settings).await.unwrap();
@@ -58,6 +64,8 @@ async fn the_dashboard_streams_consumers_outcomes_and_the_stock_of_hot_products(
     let orders: Vec<Value> = (0..30).map(|i| json!({"customer_id": format!("C{i}"), "product_id": "PROD004", "quantity": 2, "amount": 5})).collect();
     let response = http.post(format!("{base}/orders/batch")).json(&orders).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 202);
+    let placed: Value = response.json().await.unwrap();
+    let ids: Vec<String> = placed["orders"].as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap().to_owned()).collect();
     let unknown = json!({"customer_id": "X", "product_id": "NO-SUCH-PRODUCT", "quantity": 1, "amount": 1});
     assert_eq!(http.post(format!("{base}/order")).json(&unknown).send().await.unwrap().status().as_u16(), 202);
 
@@ -67,7 +75,7 @@ async fn the_dashboard_streams_consumers_outcomes_and_the_stock_of_hot_products(
     assert_eq!(hot["hot"], true);
     assert_eq!(hot["reserved"], 60);
     assert_eq!(hot["available"], 400 - 60);
-    assert_eq!(hot["sold"], Value::Null, "not tracked before holds");
+    assert_eq!((hot["sold"].as_i64(), hot["received"].as_i64()), (Some(0), Some(400)));
     assert!(after["products"].as_array().unwrap().iter().any(|p| p["product_id"] == "PROD005"), "the watched product stays");
     // Latency was measured for the committed orders at some point; rates came from counters.
     let consumer_row: (i64,) = {
@@ -77,7 +85,37 @@ async fn the_dashboard_streams_consumers_outcomes_and_the_stock_of_hot_products(
     };
     assert_eq!(consumer_row.0, 1, "one row per consumer");
     let with_latency = next_snapshot_where(&mut events, &mut buffer, |_| true).await;
-    assert!(with_latency["rates"].as_object().unwrap().contains_key("confirmed"), "the chart's series are all there");
+    for series in ["accepted", "reserved", "rejected", "confirmed", "cancelled", "expired", "refused"] {
+        assert!(with_latency["rates"].as_object().unwrap().contains_key(series), "the chart has {series}");
+    }
+
+    // Holds end: 5 confirmed (10 units sold), 2 cancelled (4 units back), a confirm of a
+    // cancelled order refused, and a 1 s hold of another product expired by the sweeper.
+    let command = |id: &str, kind: &str| {
+        let (request, what) = (http.post(format!("{base}/orders/{id}/{kind}")), format!("{kind} {id}"));
+        async move { assert_eq!(request.send().await.unwrap().status().as_u16(), 202, "{what}") }
+    };
+    for id in &ids[..5] {
+        command(id, "confirm").await;
+    }
+    for id in &ids[5..7] {
+        command(id, "cancel").await;
+    }
+    let short = json!({"customer_id": "S", "product_id": "PROD005", "quantity": 3, "amount": 3, "hold_seconds": 1});
+    assert_eq!(http.post(format!("{base}/order")).json(&short).send().await.unwrap().status().as_u16(), 202);
+    let ended = next_snapshot_where(&mut events, &mut buffer, |s| {
+        s["totals"]["confirmed"] == 5 && s["totals"]["cancelled"] == 2 && s["totals"]["expired"] == 1
+    })
+    .await;
+    assert_eq!(ended["totals"]["refused"], 0);
+    let hot = ended["products"].as_array().unwrap().iter().find(|p| p["product_id"] == "PROD004").expect("hot product shown");
+    let stock = ["available", "reserved", "sold", "total", "received"].map(|k| hot[k].as_i64().unwrap());
+    assert_eq!(stock, [340 + 4, 60 - 10 - 4, 10, 390, 400], "available, reserved, sold, total, received");
+    let watched = ended["products"].as_array().unwrap().iter().find(|p| p["product_id"] == "PROD005").unwrap();
+    assert_eq!((watched["available"].as_i64(), watched["reserved"].as_i64()), (Some(150), Some(0)), "the expired hold's units are back");
+    // A late confirm of a cancelled order is refused, and counted as such.
+    command(&ids[5], "confirm").await;
+    next_snapshot_where(&mut events, &mut buffer, |s| s["totals"]["refused"] == 1).await;
 
     // A graceful stop removes the member's row, so it is not listed as gone.
     consumer.stop().await;

@@ -1,6 +1,7 @@
 // Browser test of GET /dashboard, run by scripts/dashboard-test.sh against a stack it
-// started: opens the page in headless Debian chromium, places orders through the API, and
-// checks that the numbers on the page change. Saves a screenshot for the README.
+// started: opens the page in headless Debian chromium, places orders through the API,
+// confirms and cancels some of them, and checks that the numbers on the page change (sold
+// stock and the holds' outcomes too). Saves a screenshot for the README.
 //
 // Environment: PRODUCER_URL (the stack's producer), SCREENSHOT (where to save it),
 // CHROMIUM (default /usr/bin/chromium), PRODUCT (a seeded product to order).
@@ -23,8 +24,17 @@ async function placeOrders(count, quantity) {
   const response = await fetch(`${base}/orders/batch`, {
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(orders),
   });
-  assert.equal(response.status, 202, `batch accepted: ${await response.text()}`);
+  const body = await response.json();
+  assert.equal(response.status, 202, `batch accepted: ${JSON.stringify(body)}`);
+  return body.orders.map((order) => order.order_id);
 }
+
+async function command(orderId, kind) {
+  const response = await fetch(`${base}/orders/${orderId}/${kind}`, { method: "POST" });
+  assert.equal(response.status, 202, `${kind} ${orderId}: ${await response.text()}`);
+}
+
+const number = async (page, selector) => Number((await page.locator(selector).textContent()).replace(/,/g, ""));
 
 test("the dashboard shows orders as they are placed", { timeout: 120_000 }, async () => {
   const profile = mkdtempSync(join(tmpdir(), "orderflow-dashboard-chromium-"));
@@ -74,13 +84,32 @@ test("the dashboard shows orders as they are placed", { timeout: 120_000 }, asyn
     const reservedAfter = Number((await page.locator("#total-reserved").textContent()).replace(/,/g, ""));
     assert.ok(reservedAfter >= reservedBefore + 200, `reserved total ${reservedBefore} -> ${reservedAfter}`);
 
-    // Keep a steady trickle so the rates and the latency show while the picture is taken.
+    // Keep a steady trickle so the rates and the latency show while the picture is taken;
+    // each round's buyers confirm 10 of their holds and cancel 5.
+    const confirmedBefore = await number(page, "#total-confirmed");
     for (let round = 0; round < 4; round++) {
-      await placeOrders(25, 1);
-      await page.waitForTimeout(500);
+      const ids = await placeOrders(25, 1);
+      await page.waitForTimeout(300);
+      for (const id of ids.slice(0, 10)) await command(id, "confirm");
+      for (const id of ids.slice(10, 15)) await command(id, "cancel");
+      await page.waitForTimeout(300);
     }
     await page.waitForFunction(() => document.querySelector("#latency-p99").textContent !== "n/a", null, { timeout: 10_000 });
-    const accepted = Number((await page.locator("#total-accepted").textContent()).replace(/,/g, ""));
+    // The 40 confirmed holds show as sold on the product's bar and in the confirmed total;
+    // the holds' rates are numbers (reported by the consumer), not n/a.
+    await page.waitForFunction(
+      ([id, before]) => {
+        const row = document.querySelector(`[data-testid="product"][data-product="${id}"]`);
+        const confirmed = Number(document.querySelector("#total-confirmed").textContent.replace(/,/g, ""));
+        return row && Number(row.dataset.sold) >= 40 && confirmed >= before + 40;
+      },
+      [product, confirmedBefore],
+      { timeout: 20_000 },
+    );
+    for (const outcome of ["confirmed", "cancelled", "expired", "refused"]) {
+      assert.notEqual(await page.locator(`#rate-${outcome}`).textContent(), "n/a", `${outcome} / s is reported`);
+    }
+    const accepted = await number(page, "#total-accepted");
     assert.ok(accepted >= 300, `accepted total ${accepted}`);
     assert.deepEqual(errors, [], "no script errors on the page");
     await page.screenshot({ path: screenshot, fullPage: true });

@@ -29,8 +29,8 @@ static READ_ERRORS: LogLimiter = LogLimiter::new(log_limit::EVERY);
 
 const READ_STATUS: &str = "SELECT report, EXTRACT(EPOCH FROM now() - updated_at)::float8 FROM consumer_status";
 const FORGET: &str = "DELETE FROM consumer_status WHERE updated_at < now() - make_interval(secs => $1)";
-const READ_INVENTORY: &str = "SELECT product_id, product_name, available_quantity, reserved_quantity, total_quantity \
-     FROM inventory WHERE product_id = ANY($1)";
+const READ_INVENTORY: &str = "SELECT product_id, product_name, available_quantity, reserved_quantity, total_quantity, \
+     sold_quantity, received_quantity FROM inventory WHERE product_id = ANY($1)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -232,7 +232,8 @@ impl Collector {
                         available: row.get(2),
                         reserved: row.get(3),
                         total: row.get(4),
-                        sold: None,
+                        sold: row.get(5),
+                        received: row.get(6),
                         recent_orders: 0,
                         hot: false,
                     })

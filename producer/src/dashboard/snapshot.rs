@@ -27,7 +27,8 @@ pub const MAX_REQUESTED_PER_CLIENT: usize = 20;
 
 /// The outcomes the chart always has a line for; others reported by consumers are shown
 /// too. `accepted` is this producer's own count.
-pub const CHART_SERIES: [&str; 6] = ["accepted", "reserved", "rejected", "confirmed", "cancelled", "expired"];
+/// `refused` counts commands (confirm or cancel) refused, not orders.
+pub const CHART_SERIES: [&str; 7] = ["accepted", "reserved", "rejected", "confirmed", "cancelled", "expired", "refused"];
 
 /// A row of `consumer_status`, with its age by the database's clock.
 #[derive(Debug, Clone)]
@@ -43,9 +44,12 @@ pub struct ProductView {
     pub product_name: String,
     pub available: i64,
     pub reserved: i64,
+    /// On hand: available + reserved.
     pub total: i64,
-    /// Not tracked until holds are confirmed (issue #10); null meanwhile.
-    pub sold: Option<i64>,
+    /// Confirmed holds' units.
+    pub sold: i64,
+    /// Everything ever received: total + sold, the bar's full width.
+    pub received: i64,
     /// Orders for it in the last minute, by the consumers' reports.
     pub recent_orders: u64,
     pub hot: bool,
@@ -389,7 +393,7 @@ mod tests {
         let again = tracker.observe(t0 + s(2), vec![row(report("a", started, t0 + s(2), 1_002_000, &[]), 1)], 1500);
         assert_eq!(again.snapshot.rates["reserved"], 1000.0);
         assert_eq!(again.snapshot.rates["accepted"], 1000.0, "this producer's 1000 accepted in 1 s");
-        // Outcomes the consumers do not report yet are on the chart at 0.
+        // A series no consumer reports (here: a consumer from before holds) is on the chart at 0.
         assert_eq!(again.snapshot.rates["confirmed"], 0.0);
         // A member that just started counts from its start.
         let b = report("b", t0 + s(2), t0 + s(4), 400, &[]);
