@@ -15,6 +15,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin producer --bin consumer \
     && mkdir -p /out && cp target/release/producer target/release/consumer /out/
 
+# The dashboard's chart library, from the npm registry as the lockfile pins it.
+FROM node:20-bookworm-slim AS dashboard
+WORKDIR /dashboard
+COPY producer/dashboard/package.json producer/dashboard/package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund
+
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl zlib1g \
@@ -25,6 +31,8 @@ ENV LOG_FORMAT=json RUST_LOG=info
 
 FROM runtime AS producer
 COPY --from=builder /out/producer /usr/local/bin/producer
+COPY --from=dashboard /dashboard/node_modules/uplot/dist /usr/share/orderflow/dashboard
+ENV DASHBOARD_ASSETS_DIR=/usr/share/orderflow/dashboard
 EXPOSE 8080
 HEALTHCHECK --interval=5s --timeout=3s --retries=12 CMD curl -fsS http://127.0.0.1:8080/ready || exit 1
 ENTRYPOINT ["/usr/local/bin/producer"]

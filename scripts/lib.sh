@@ -369,3 +369,32 @@ tansu_ensure_topic() {
     log "creating topic $name ($partitions partitions) on tansu"
     "$TANSU" topic create "$name" --partitions "$partitions" --broker "tcp://$addr" >/dev/null
 }
+
+# --- Dashboard (producer/dashboard) ------------------------------------------
+
+DASHBOARD_DIR="$ROOT/producer/dashboard"
+
+# ensure_node: node and npm, from Debian when missing.
+ensure_node() {
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && return 0
+    apt_install nodejs npm
+}
+
+# ensure_dashboard_packages: the dashboard's npm packages (uplot for the page, playwright-core
+# for its browser test), exactly as package-lock.json pins them. Nothing of them is
+# committed; `npm ci` runs when node_modules is missing or older than the lockfile.
+ensure_dashboard_packages() {
+    local stamp="$DASHBOARD_DIR/node_modules/.package-lock.json"
+    if [ -f "$stamp" ] && [ "$stamp" -nt "$DASHBOARD_DIR/package-lock.json" ]; then
+        return 0
+    fi
+    ensure_node
+    log "npm ci in producer/dashboard (the dashboard's chart library and browser test driver)"
+    (cd "$DASHBOARD_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
+# ensure_chromium: Debian's chromium, which the dashboard's browser test drives.
+ensure_chromium() {
+    [ -x /usr/bin/chromium ] && return 0
+    apt_install --no-install-recommends chromium
+}

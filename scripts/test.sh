@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust tests (with a real PostgreSQL) and the compose file check.
+# The whole test suite: Rust tests (with a real PostgreSQL), the dashboard's browser test
+# (scripts/dashboard-test.sh) and the compose file check.
 # Extra arguments go to `cargo nextest run`, e.g. scripts/test.sh -p consumer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,10 @@ failed_steps=()
 
 log "cargo nextest run --workspace --no-fail-fast $*"
 cargo nextest run --workspace --no-fail-fast "$@" || failed_steps+=("cargo nextest")
+
+# Installs chromium (apt) and the pinned npm packages when missing; ~15 s once installed.
+log "scripts/dashboard-test.sh (headless chromium)"
+bash scripts/dashboard-test.sh || failed_steps+=("dashboard browser test")
 
 if [ -f docker-compose.yml ]; then
     if ! command -v docker-compose >/dev/null 2>&1; then

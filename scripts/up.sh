@@ -46,6 +46,10 @@ ensure_postgres
 ensure_database
 export DATABASE_URL
 
+# The dashboard's chart library (npm, pinned by producer/dashboard/package-lock.json). The
+# API does not need it: without npm the page still works, minus its charts, and says so.
+ensure_dashboard_packages || warn "could not install the dashboard's npm packages; /dashboard will show no charts"
+
 log "running migrations"
 "$BIN/consumer" migrate
 
@@ -244,6 +248,7 @@ cat <<EOF
 
 orderflow is up.
   Producer API:   http://127.0.0.1:$PRODUCER_PORT   (/health, /ready, /order, /orders/batch, /orders/{id}, /inventory/{id})
+  Dashboard:      http://127.0.0.1:$PRODUCER_PORT/dashboard
   Consumer admin: http://127.0.0.1:$consumer_ports   (/health, /ready, /status)
   Kafka brokers:  $KAFKA_BROKERS ($BROKER)
   Database:       $DATABASE_URL

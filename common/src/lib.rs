@@ -11,6 +11,7 @@ pub mod errors;
 pub mod events;
 pub mod kafka;
 pub mod log_limit;
+pub mod member_report;
 pub mod metrics;
 pub mod order;
 pub mod shutdown;

@@ -37,6 +37,11 @@ impl Control {
         partitions.extend(statuses.into_iter().map(|status| (status.partition, status)));
     }
 
+    /// A partition's lag as of librdkafka's last statistics, if it reported one yet.
+    pub fn lag(&self, partition: i32) -> Option<i64> {
+        self.partitions.lock().expect("partitions lock poisoned").get(&partition).map(|status| status.lag)
+    }
+
     pub fn partitions(&self, assigned: &[i32]) -> Vec<serde_json::Value> {
         let known = self.partitions.lock().expect("partitions lock poisoned");
         assigned

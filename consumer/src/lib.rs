@@ -1,6 +1,7 @@
 //! orderflow consumer: reads placed orders from Kafka in batches and reserves stock in
 //! PostgreSQL, idempotently by order_id, committing offsets only after the database.
 
+pub mod activity;
 pub mod admin;
 pub mod allocation;
 pub mod context;
@@ -20,6 +21,7 @@ pub mod reservation;
 pub mod settings;
 pub mod startup;
 pub mod stats;
+pub mod status_report;
 pub mod stuck;
 pub mod supervision;
 pub mod worker_pool;

@@ -19,6 +19,7 @@ use orderflow_common::command::Inbound;
 use orderflow_common::events::OrderEvent;
 use orderflow_common::order::InvalidMessage;
 
+use crate::activity::{Activity, BatchActivity};
 use crate::context::OrderflowContext;
 use crate::control::Control;
 use crate::dead_letters::{DeadLetter, DeadLetterQueue};
@@ -64,6 +65,8 @@ pub struct Pipeline {
     pub offsets: Arc<ProcessedOffsets>,
     pub gaps: Arc<Gaps>,
     pub stats: Arc<Stats>,
+    /// Latencies and busiest products, for the status report (status_report.rs).
+    pub activity: Arc<Activity>,
     pub settings: BatchSettings,
     pub topic: String,
     pub control: Arc<Control>,
@@ -83,6 +86,7 @@ struct InFlight {
     positions: Vec<(i32, i64)>,
     failed: u64,
     started: Instant,
+    activity: BatchActivity,
 }
 
 impl Pipeline {
@@ -194,6 +198,12 @@ impl Pipeline {
             }
         }
         let failed = letters.len() as u64;
+        // Orders only: a command names no product and has no placed_at (its order's
+        // latency was counted when the order committed).
+        let activity = BatchActivity::new(messages.iter().filter_map(|message| match message {
+            Inbound::Order(order) => Some((order.product_id.as_str(), order.placed_at)),
+            Inbound::Command(_) => None,
+        }));
         let (workers, dead_letters, abandon) = (self.workers.clone(), self.dead_letters.clone(), abandon.clone());
         let (events, relay) = (self.events.clone(), self.relay.clone());
         let write = tokio::spawn(async move {
@@ -214,7 +224,7 @@ impl Pipeline {
             }
             Ok(written.applied)
         });
-        InFlight { write, positions, failed, started }
+        InFlight { write, positions, failed, started, activity }
     }
 
     /// Waits for the batch in flight, then records and commits its offsets. `Ok(false)`: it
@@ -242,6 +252,7 @@ impl Pipeline {
         }
         let size = in_flight.positions.len();
         self.stats.record_batch(&applied, in_flight.failed, size, in_flight.started.elapsed());
+        self.activity.record(in_flight.activity, size, chrono::Utc::now());
         tracing::debug!(
             messages = size,
             reserved = applied.reserved,

@@ -57,6 +57,10 @@ pub struct Settings {
     /// Bearer token for POST /pause, /resume and /gaps/{partition}/acknowledge; unset disables them.
     #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// How often this consumer writes its status row for the producer's dashboard
+    /// (table consumer_status); the dashboard shows a member as gone after 10 s without one.
+    #[arg(long = "status-report-ms", env = "STATUS_REPORT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=5000))]
+    pub status_report_ms: u64,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -220,6 +224,7 @@ impl Settings {
             log: LogSettings { format: LogFormat::Text },
             dead_letter_topic: orderflow_common::DEAD_LETTER_TOPIC.into(),
             admin_token: None,
+            status_report_ms: 1000,
         }
     }
 }

@@ -16,6 +16,7 @@ use orderflow_common::errors::Chain;
 use orderflow_common::kafka;
 use orderflow_common::shutdown::termination_signal;
 
+use crate::activity::Activity;
 use crate::admin::{self, AdminState};
 use crate::context::OrderflowContext;
 use crate::dead_letters::DeadLetterQueue;
@@ -30,6 +31,7 @@ use crate::offsets::ProcessedOffsets;
 use crate::pipeline::{OrderConsumer, Pipeline};
 use crate::settings::Settings;
 use crate::stats::Stats;
+use crate::status_report::{Member, StatusReporter};
 use crate::stuck::StuckWrites;
 use crate::supervision::{BoxError, RunError, Watched};
 use crate::worker_pool::WorkerPool;
@@ -56,6 +58,9 @@ pub struct Application {
     reporter: Watched,
     sweeper: Watched,
     relay: Watched,
+    status_reporter: Watched,
+    /// This member's status row, removed at a graceful shutdown.
+    status_row: (deadpool_postgres::Pool, String),
     shutdown: CancellationToken,
     drain_timeout: Duration,
     stats: Arc<Stats>,
@@ -109,6 +114,19 @@ impl Application {
         };
         let relay = events.as_ref().map(|events| Arc::new(Relay::new(pool.clone(), events.clone())));
         let sweeper = Arc::new(Sweeper::new(pool.clone(), settings.holds.sweep(), lifecycle, relay.clone(), stats.clone()));
+        let activity = Arc::new(Activity::default());
+        let member = Member::this_process(admin_port);
+        let status_row = (pool.clone(), member.id.clone());
+        let status_reporter = StatusReporter {
+            member,
+            pool: pool.clone(),
+            consumer: consumer.clone(),
+            control: control.clone(),
+            gaps: gaps.clone(),
+            stuck: stuck.clone(),
+            stats: stats.clone(),
+            activity: activity.clone(),
+        };
         let pipeline = Pipeline {
             dead_letters: Arc::new(DeadLetterQueue::new(&settings.kafka, &settings.dead_letter_topic)?),
             consumer: consumer.clone(),
@@ -120,6 +138,7 @@ impl Application {
             offsets,
             gaps: gaps.clone(),
             stats: stats.clone(),
+            activity,
             settings: settings.batch.clone(),
             topic: settings.kafka.topic.clone(),
             control,
@@ -155,6 +174,14 @@ impl Application {
                 Ok(())
             }),
         );
+        let status_every = Duration::from_millis(settings.status_report_ms);
+        let status_reporter = Watched::new(
+            "status reporter",
+            tokio::spawn(async move {
+                status_reporter.run(status_every).await;
+                Ok(())
+            }),
+        );
 
         tracing::info!(
             admin_port,
@@ -164,7 +191,7 @@ impl Application {
             batch_size = settings.batch.max_messages,
             "consumer started"
         );
-        Ok(Self { admin_port, admin, pipeline, gap_watcher, reporter, sweeper, relay, shutdown, drain_timeout, stats, consumer })
+        Ok(Self { admin_port, admin, pipeline, gap_watcher, reporter, sweeper, relay, status_reporter, status_row, shutdown, drain_timeout, stats, consumer })
     }
 
     pub fn admin_port(&self) -> u16 {
@@ -190,12 +217,13 @@ impl Application {
     /// Runs until SIGTERM, Ctrl-C or the shutdown token; then stops fetching, finishes the
     /// batch in hand, commits its offsets and stops the admin server.
     ///
-    /// If the batch loop, the gap watcher, the admin server or the stats reporter ends first, that is a
-    /// failure: the others are shut down the same way and the error names the task and why,
+    /// If any watched task (the batch loop, the gap watcher, the admin server, the stats
+    /// reporter, the expiry sweeper, the outbox relay or the status reporter) ends first,
+    /// that is a failure: the others are shut down the same way and the error names the task and why,
     /// so that `main` exits non-zero and the orchestrator restarts a consumer that would
     /// otherwise answer /health while consuming nothing.
     pub async fn run_until_stopped(self) -> Result<(), RunError> {
-        let Self { admin, mut pipeline, mut gap_watcher, mut reporter, mut sweeper, mut relay, shutdown, drain_timeout, .. } = self;
+        let Self { admin, mut pipeline, mut gap_watcher, mut reporter, mut sweeper, mut relay, mut status_reporter, status_row, shutdown, drain_timeout, .. } = self;
         let admin_handle = admin.handle();
         let mut admin = Watched::new("admin server", tokio::spawn(async move { admin.await.map_err(BoxError::from) }));
         // Biased: the gap watcher returns as soon as it sees the token, so at shutdown both
@@ -213,6 +241,7 @@ impl Application {
             exit = reporter.exited() => RunError::from_exit("stats reporter", exit, false),
             exit = sweeper.exited() => RunError::from_exit("expiry sweeper", exit, false),
             exit = relay.exited() => RunError::from_exit("outbox relay", exit, false),
+            exit = status_reporter.exited() => RunError::from_exit("status reporter", exit, false),
         };
         if let Some(error) = &failure {
             tracing::error!(error = %Chain(error), "a consumer task ended unexpectedly; shutting down");
@@ -225,6 +254,14 @@ impl Application {
             }
         }
         reporter.abort();
+        status_reporter.abort();
+        if status_reporter.is_running() {
+            // Wait until it is really gone, so no write of its lands after the delete below.
+            let _ = status_reporter.exited().await;
+        }
+        if failure.is_none() {
+            StatusReporter::withdraw(&status_row.0, &status_row.1).await;
+        }
         gap_watcher.abort();
         // Both stop at the token; an expiry or relay cut short rolls back and is redone by
         // the next sweep, here or in another consumer.

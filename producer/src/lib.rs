@@ -1,5 +1,6 @@
 //! orderflow producer: the REST API that validates orders and publishes them to Kafka.
 
+pub mod dashboard;
 pub mod error;
 pub mod http_metrics;
 pub mod idempotency;

@@ -27,6 +27,27 @@ pub struct Settings {
     /// Bearer token for the /admin routes; unset disables them.
     #[arg(long = "admin-token", env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    #[command(flatten)]
+    pub dashboard: DashboardSettings,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DashboardSettings {
+    /// Where the dashboard's chart library (uplot's dist directory) is installed; `npm ci`
+    /// in producer/dashboard puts it at the default, relative to the repository root.
+    #[arg(long = "dashboard-assets-dir", env = "DASHBOARD_ASSETS_DIR", default_value = DEFAULT_ASSETS_DIR)]
+    pub assets_dir: std::path::PathBuf,
+    /// How often the dashboard's snapshot is computed and pushed to viewers.
+    #[arg(long = "dashboard-refresh-ms", env = "DASHBOARD_REFRESH_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=10_000))]
+    pub refresh_ms: u64,
+}
+
+pub const DEFAULT_ASSETS_DIR: &str = "producer/dashboard/node_modules/uplot/dist";
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        Self { assets_dir: DEFAULT_ASSETS_DIR.into(), refresh_ms: 1000 }
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -103,6 +124,7 @@ impl Settings {
             log: LogSettings { format: orderflow_common::config::LogFormat::Text },
             idempotency_ttl_hours: 24,
             admin_token: None,
+            dashboard: DashboardSettings::default(),
         }
     }
 }

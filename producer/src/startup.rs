@@ -11,7 +11,10 @@ use actix_web::{web, App, HttpServer};
 
 use orderflow_common::admin_auth::AdminToken;
 use orderflow_common::db::{self, DbError};
+use orderflow_common::shutdown::termination_signal;
+use tokio_util::sync::CancellationToken;
 
+use crate::dashboard::{self, AcceptedCounter, Collector, Dashboard};
 use crate::error::{self, ApiError};
 use crate::publisher::OrderPublisher;
 use crate::http_metrics;
@@ -38,6 +41,7 @@ pub struct Application {
     port: u16,
     server: Server,
     publisher: Arc<OrderPublisher>,
+    shutdown: CancellationToken,
 }
 
 impl Application {
@@ -47,6 +51,24 @@ impl Application {
         let pool = db::pool(&settings.database)?;
         idempotency::spawn_expiry(pool.clone(), Duration::from_secs(settings.idempotency_ttl_hours * 3600));
         let limits = web::Data::new(RateLimits::new(&settings.limits));
+        let accepted = Arc::new(AcceptedCounter::default());
+        let requested = Arc::default();
+        let published = Collector {
+            pool: pool.clone(),
+            accepted: accepted.clone(),
+            requested: Arc::clone(&requested),
+            every: Duration::from_millis(settings.dashboard.refresh_ms),
+        }
+        .spawn();
+        if !dashboard::assets_present(&settings.dashboard.assets_dir) {
+            tracing::warn!(
+                dir = %settings.dashboard.assets_dir.display(),
+                "the dashboard's chart library is not installed there; the page works but shows no chart (run `npm ci` in producer/dashboard)"
+            );
+        }
+        let shutdown = CancellationToken::new();
+        let dashboard = web::Data::new(Dashboard::new(published, requested, settings.dashboard.assets_dir.clone(), shutdown.clone()));
+        let accepted = web::Data::from(accepted);
         spawn_limiter_cleanup(limits.clone());
 
         let listen = |source| StartupError::Listen { addr: settings.listen, source };
@@ -76,6 +98,8 @@ impl Application {
                 .app_data(pool.clone())
                 .app_data(limits.clone())
                 .app_data(admin_token.clone())
+                .app_data(dashboard.clone())
+                .app_data(accepted.clone())
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .app_data(web::QueryConfig::default().error_handler(error::query_error))
                 .app_data(
@@ -97,6 +121,7 @@ impl Application {
                 .service(resource("/ready", "GET").route(web::get().to(routes::ready)))
                 .service(resource("/metrics", "GET").route(web::get().to(routes::metrics)))
                 .service(resource("/openapi.json", "GET").route(web::get().to(crate::openapi::openapi_json)))
+                .configure(dashboard::routes)
                 .default_service(web::to(not_found))
         })
         .listen(listener)
@@ -105,9 +130,12 @@ impl Application {
         .client_request_timeout(Duration::from_millis(settings.limits.client_header_timeout_ms))
         .client_disconnect_timeout(Duration::from_secs(2))
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        // Signals are handled in run_until_stopped, which ends the dashboard's event streams
+        // first: actix's own handler would wait the whole grace period for them.
+        .disable_signals()
         .run();
         tracing::info!(port, topic = %settings.kafka.topic, brokers = %settings.kafka.brokers, "producer listening");
-        Ok(Self { port, server, publisher })
+        Ok(Self { port, server, publisher, shutdown })
     }
 
     pub fn port(&self) -> u16 {
@@ -116,6 +144,14 @@ impl Application {
 
     /// Serves until SIGTERM or Ctrl-C, lets in-flight requests finish, then flushes Kafka.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            termination_signal().await;
+            tracing::info!("shutdown requested");
+            shutdown.cancel();
+            handle.stop(true).await;
+        });
         let result = self.server.await;
         let publisher = self.publisher;
         let _ = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(10))).await;
@@ -139,7 +175,7 @@ async fn not_found(request: actix_web::HttpRequest) -> Result<actix_web::HttpRes
 }
 
 /// A route whose other methods answer 405 with an Allow header.
-fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+pub(crate) fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(move || async move {
         Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed { allow })
     }))

@@ -4,6 +4,7 @@
 
 mod admin;
 mod crash;
+mod dashboard;
 mod end_to_end;
 mod expiry;
 mod faults;

@@ -9,6 +9,7 @@ use super::{accepted, idempotency_key, parse};
 use orderflow_common::order::{FieldError, NewOrder};
 
 use super::AcceptedOrder;
+use crate::dashboard::AcceptedCounter;
 use crate::error::{count_refused, ApiError};
 use crate::idempotency;
 use crate::publisher::OrderPublisher;
@@ -37,6 +38,7 @@ pub async fn place_batch(
     body: web::Json<Box<RawValue>>,
     publisher: web::Data<OrderPublisher>,
     pool: web::Data<Pool>,
+    accepted_counter: web::Data<AcceptedCounter>,
 ) -> Result<HttpResponse, ApiError> {
     let (result, count) = match (validate_batch(body.get()), idempotency_key(&request)) {
         (Ok(orders), Ok(key)) => {
@@ -48,7 +50,10 @@ pub async fn place_batch(
         (Err((error, count)), _) => (Err(error), count),
     };
     match &result {
-        Ok(published) => metrics::counter!("orders_accepted_total").increment(published.orders.len() as u64),
+        Ok(published) => {
+            metrics::counter!("orders_accepted_total").increment(published.orders.len() as u64);
+            accepted_counter.add(published.orders.len());
+        }
         Err(error) => count_refused(count, error),
     }
     let published = result?;

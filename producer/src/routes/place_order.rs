@@ -5,6 +5,7 @@ use serde_json::value::RawValue;
 use orderflow_common::order::NewOrder;
 
 use super::{accepted, idempotency_key, parse, AcceptedOrder};
+use crate::dashboard::AcceptedCounter;
 use crate::error::{count_refused, ApiError};
 use crate::idempotency;
 use crate::publisher::OrderPublisher;
@@ -25,10 +26,14 @@ pub async fn place_order(
     body: web::Json<Box<RawValue>>,
     publisher: web::Data<OrderPublisher>,
     pool: web::Data<Pool>,
+    accepted: web::Data<AcceptedCounter>,
 ) -> Result<HttpResponse, ApiError> {
     let result = place(&request, body.get(), &publisher, &pool).await;
     match &result {
-        Ok(_) => metrics::counter!("orders_accepted_total").increment(1),
+        Ok(_) => {
+            metrics::counter!("orders_accepted_total").increment(1);
+            accepted.add(1);
+        }
         Err(error) => count_refused(1, error),
     }
     result

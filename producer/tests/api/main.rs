@@ -4,6 +4,7 @@
 mod helpers;
 mod admin;
 mod commands;
+mod dashboard;
 mod health;
 mod idempotency;
 mod openapi;
