@@ -10,6 +10,7 @@ pub mod dev_broker;
 pub mod errors;
 pub mod events;
 pub mod kafka;
+pub mod lines;
 pub mod log_limit;
 pub mod member_report;
 pub mod metrics;

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use crate::lines::{Line, Lines, PlacedLine, MAX_LINES};
+use crate::lines::MIXED_RULE;
+
 pub const MAX_ID_LEN: usize = 64;
 pub const MIN_QUANTITY: i64 = 1;
 pub const MAX_QUANTITY: i64 = 10_000;
@@ -17,7 +20,9 @@ pub const MAX_AMOUNT_CENTS: i64 = 999_999_999_999;
 pub const MIN_HOLD_SECONDS: i64 = 1;
 pub const MAX_HOLD_SECONDS: i64 = 86_400;
 
-const FIELDS: [&str; 5] = ["customer_id", "product_id", "quantity", "amount", "hold_seconds"];
+const FIELDS: [&str; 6] = ["customer_id", "product_id", "quantity", "amount", "lines", "hold_seconds"];
+/// The fields of a single-line order, which a cart (`lines`) replaces.
+const SINGLE_LINE_FIELDS: [&str; 3] = ["product_id", "quantity", "amount"];
 
 /// One problem with one field of one order. `index` is set for batch entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,19 +34,17 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &str, message: impl Into<String>) -> Self {
         Self { index: None, field: field.to_owned(), message: message.into() }
     }
 }
 
-/// A validated order request, before it has an id.
+/// A validated order request, before it has an id: one line, or a cart of several.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {
     pub customer_id: String,
-    pub product_id: String,
-    pub quantity: i32,
-    pub amount_cents: i64,
-    /// How long the reservation holds; `None` takes the consumer's default.
+    pub lines: Lines,
+    /// How long the reservation holds (the whole cart's); `None` takes the consumer's default.
     pub hold_seconds: Option<u32>,
 }
 
@@ -59,6 +62,30 @@ impl NewOrder {
         let customer_id = take(&mut errors, "customer_id", object.get("customer_id"), |v| {
             v.as_str().ok_or("must be a string").and_then(validate_id).map(str::to_owned)
         });
+        // Optional, for a single line and a cart alike: absent (or null) means the default hold.
+        let hold_seconds = match object.get("hold_seconds").filter(|v| !v.is_null()) {
+            None => Some(None),
+            Some(value) => take(&mut errors, "hold_seconds", Some(value), |v| {
+                whole_number(v).ok_or(HOLD_RULE).and_then(validate_hold).map(Some)
+            }),
+        };
+        if let Some(lines) = object.get("lines") {
+            // A cart. Its lines replace the single-line fields; both at once is ambiguous.
+            if SINGLE_LINE_FIELDS.iter().any(|field| object.contains_key(*field)) {
+                errors.push(FieldError::new("lines", MIXED_RULE));
+                return Err(errors);
+            }
+            return match (customer_id, crate::lines::from_json(lines)) {
+                (Some(customer_id), Ok(lines)) if errors.is_empty() => {
+                    Ok(Self { customer_id, lines, hold_seconds: hold_seconds.flatten() })
+                }
+                (_, Err(found)) => {
+                    errors.extend(found);
+                    Err(errors)
+                }
+                _ => Err(errors),
+            };
+        }
         let product_id = take(&mut errors, "product_id", object.get("product_id"), |v| {
             v.as_str().ok_or("must be a string").and_then(validate_id).map(str::to_owned)
         });
@@ -68,50 +95,76 @@ impl NewOrder {
         let amount_cents = take(&mut errors, "amount", object.get("amount"), |v| {
             v.as_f64().ok_or("must be a number").and_then(amount_to_cents)
         });
-        // Optional: absent (or null) means the default hold.
-        let hold_seconds = match object.get("hold_seconds").filter(|v| !v.is_null()) {
-            None => Some(None),
-            Some(value) => take(&mut errors, "hold_seconds", Some(value), |v| {
-                whole_number(v).ok_or(HOLD_RULE).and_then(validate_hold).map(Some)
-            }),
-        };
         match (customer_id, product_id, quantity, amount_cents, hold_seconds) {
             (Some(customer_id), Some(product_id), Some(quantity), Some(amount_cents), Some(hold_seconds)) if errors.is_empty() => {
-                Ok(Self { customer_id, product_id, quantity, amount_cents, hold_seconds })
+                Ok(Self { hold_seconds, ..Self::single(customer_id, product_id, quantity, amount_cents) })
             }
             _ => Err(errors),
+        }
+    }
+
+    /// A single-line order with the default hold.
+    pub fn single(customer_id: impl Into<String>, product_id: impl Into<String>, quantity: i32, amount_cents: i64) -> Self {
+        Self {
+            customer_id: customer_id.into(),
+            lines: Lines::One(Line { product_id: product_id.into(), quantity, amount_cents }),
+            hold_seconds: None,
         }
     }
 }
 
 /// The typed shape of a valid order: the fast path. Anything it cannot take goes to
-/// `NewOrder::from_json`, which names every problem.
+/// `NewOrder::from_json`, which names every problem. A field that is present must hold a
+/// value (`present`): `"product_id": null` is not the same as no product_id.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrderInput {
     customer_id: String,
+    #[serde(default, deserialize_with = "present")]
+    product_id: Option<String>,
+    #[serde(default, deserialize_with = "present_whole_number")]
+    quantity: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
+    amount: Option<f64>,
+    #[serde(default, deserialize_with = "present")]
+    lines: Option<Vec<LineInput>>,
+    #[serde(default, deserialize_with = "deserialize_optional_whole_number")]
+    hold_seconds: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineInput {
     product_id: String,
     #[serde(deserialize_with = "deserialize_whole_number")]
     quantity: i64,
     amount: f64,
-    #[serde(default, deserialize_with = "deserialize_optional_whole_number")]
-    hold_seconds: Option<i64>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+fn present_whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    deserialize_whole_number(deserializer).map(Some)
 }
 
 impl OrderInput {
     fn validate(self) -> Option<NewOrder> {
         validate_id(&self.customer_id).ok()?;
-        validate_id(&self.product_id).ok()?;
-        Some(NewOrder {
-            quantity: validate_quantity(self.quantity).ok()?,
-            amount_cents: amount_to_cents(self.amount).ok()?,
-            hold_seconds: match self.hold_seconds {
-                None => None,
-                Some(seconds) => Some(validate_hold(seconds).ok()?),
-            },
-            customer_id: self.customer_id,
-            product_id: self.product_id,
-        })
+        let hold_seconds = match self.hold_seconds {
+            None => None,
+            Some(seconds) => Some(validate_hold(seconds).ok()?),
+        };
+        let lines = match (self.product_id, self.quantity, self.amount, self.lines) {
+            (Some(product_id), Some(quantity), Some(amount), None) => Lines::One(crate::lines::line(product_id, quantity, amount).ok()?),
+            (None, None, None, Some(lines)) => {
+                let lines = lines.into_iter().map(|l| PlacedLine { product_id: l.product_id, quantity: l.quantity, amount: l.amount });
+                crate::lines::from_typed(lines.collect()).ok()?
+            }
+            _ => return None,
+        };
+        Some(NewOrder { customer_id: self.customer_id, lines, hold_seconds })
     }
 }
 
@@ -141,7 +194,7 @@ fn take<T>(
     check(value).map_err(|message| errors.push(FieldError::new(field, message))).ok()
 }
 
-const QUANTITY_RULE: &str = "must be an integer from 1 to 10000";
+pub(crate) const QUANTITY_RULE: &str = "must be an integer from 1 to 10000";
 const HOLD_RULE: &str = "must be an integer from 1 to 86400";
 
 pub fn validate_hold(seconds: i64) -> Result<u32, &'static str> {
@@ -215,14 +268,22 @@ pub fn amount_to_cents(amount: f64) -> Result<i64, &'static str> {
 }
 
 /// The message published to `orders-placed`: the order plus its id and acceptance time.
+/// A single-line order carries `product_id`, `quantity` and `amount`, byte for byte as before
+/// carts existed; a cart carries `lines` instead (2 to 50). `validate` accepts exactly one of
+/// the two shapes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlacedOrder {
     pub order_id: Uuid,
     pub customer_id: String,
-    pub product_id: String,
-    pub quantity: i64,
-    pub amount: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<PlacedLine>>,
     #[serde(serialize_with = "serialize_rfc3339", deserialize_with = "deserialize_rfc3339")]
     pub placed_at: DateTime<Utc>,
     /// Only when the client asked for a hold: messages without one stay byte for byte what
@@ -271,8 +332,9 @@ pub enum InvalidMessage {
     Empty,
     #[error("payload is not a valid order message: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// `field` names a line's field with its index: `lines[2].quantity`.
     #[error("{field} {message}")]
-    Invalid { field: &'static str, message: &'static str },
+    Invalid { field: String, message: &'static str },
 }
 
 /// A placed order that passed validation again on the consumer side: a broken or hostile
@@ -281,24 +343,26 @@ pub enum InvalidMessage {
 pub struct ValidOrder {
     pub order_id: Uuid,
     pub customer_id: String,
-    pub product_id: String,
-    pub quantity: i32,
-    pub amount_cents: i64,
+    pub lines: Lines,
     pub placed_at: DateTime<Utc>,
     pub hold_seconds: Option<u32>,
 }
 
+impl ValidOrder {
+    /// Every line, a single-line order's one line included.
+    pub fn lines(&self) -> &[Line] {
+        self.lines.as_slice()
+    }
+}
+
 impl PlacedOrder {
     pub fn new(order: NewOrder, order_id: Uuid, placed_at: DateTime<Utc>) -> Self {
-        Self {
-            order_id,
-            customer_id: order.customer_id,
-            product_id: order.product_id,
-            quantity: i64::from(order.quantity),
-            amount: order.amount_cents as f64 / 100.0,
-            placed_at,
-            hold_seconds: order.hold_seconds.map(i64::from),
-        }
+        let (product_id, quantity, amount, lines) = match order.lines {
+            Lines::One(line) => (Some(line.product_id), Some(i64::from(line.quantity)), Some(line.amount_cents as f64 / 100.0), None),
+            Lines::Cart(lines) => (None, None, None, Some(lines.iter().map(PlacedLine::from).collect())),
+        };
+        let hold_seconds = order.hold_seconds.map(i64::from);
+        Self { order_id, customer_id: order.customer_id, product_id, quantity, amount, lines, placed_at, hold_seconds }
     }
 
     pub fn from_payload(payload: Option<&[u8]>) -> Result<ValidOrder, InvalidMessage> {
@@ -308,21 +372,23 @@ impl PlacedOrder {
     }
 
     pub fn validate(self) -> Result<ValidOrder, InvalidMessage> {
-        let invalid = |field| move |message| InvalidMessage::Invalid { field, message };
-        validate_id(&self.customer_id).map_err(invalid("customer_id"))?;
-        validate_id(&self.product_id).map_err(invalid("product_id"))?;
-        let quantity = validate_quantity(self.quantity).map_err(invalid("quantity"))?;
-        let amount_cents = amount_to_cents(self.amount).map_err(invalid("amount"))?;
-        let hold_seconds = self.hold_seconds.map(validate_hold).transpose().map_err(invalid("hold_seconds"))?;
-        Ok(ValidOrder {
-            order_id: self.order_id,
-            customer_id: self.customer_id,
-            product_id: self.product_id,
-            quantity,
-            amount_cents,
-            placed_at: self.placed_at,
-            hold_seconds,
-        })
+        let invalid = |field: &str, message| InvalidMessage::Invalid { field: field.to_owned(), message };
+        validate_id(&self.customer_id).map_err(|m| invalid("customer_id", m))?;
+        let lines = match (self.product_id, self.quantity, self.amount, self.lines) {
+            (Some(product_id), Some(quantity), Some(amount), None) => {
+                Lines::One(crate::lines::line(product_id, quantity, amount).map_err(|(field, m)| invalid(field, m))?)
+            }
+            (None, None, None, Some(lines)) => {
+                crate::lines::from_typed(lines).map_err(|(field, message)| InvalidMessage::Invalid { field, message })?
+            }
+            (_, _, _, Some(_)) => return Err(invalid("lines", MIXED_RULE)),
+            (product_id, quantity, _, None) => {
+                let missing = if product_id.is_none() { "product_id" } else if quantity.is_none() { "quantity" } else { "amount" };
+                return Err(invalid(missing, "is required"));
+            }
+        };
+        let hold_seconds = self.hold_seconds.map(validate_hold).transpose().map_err(|m| invalid("hold_seconds", m))?;
+        Ok(ValidOrder { order_id: self.order_id, customer_id: self.customer_id, lines, placed_at: self.placed_at, hold_seconds })
     }
 }
 
@@ -341,8 +407,7 @@ mod tests {
             "customer_id": "CUST001", "product_id": "PROD001", "quantity": 5, "amount": 6499.95
         }))
         .unwrap();
-        assert_eq!(order.quantity, 5);
-        assert_eq!(order.amount_cents, 649_995);
+        assert_eq!(order, NewOrder::single("CUST001", "PROD001", 5, 649_995));
     }
 
     #[test]
@@ -390,7 +455,7 @@ mod tests {
         }));
         assert_eq!(fields(fractional.unwrap_err()), ["quantity"]);
         let whole = NewOrder::from_json(&json!({"customer_id": "C", "product_id": "P", "quantity": 2.0, "amount": 1}));
-        assert_eq!(whole.unwrap().quantity, 2, "2.0 is an integer in JSON Schema terms");
+        assert_eq!(whole.unwrap().lines.as_slice()[0].quantity, 2, "2.0 is an integer in JSON Schema terms");
     }
 
     #[test]
@@ -430,6 +495,19 @@ mod tests {
             r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "hold_seconds": 86401}"#,
             r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "hold_seconds": 1.5}"#,
             r#"{"customer_id": "C", "product_id": "P", "quantity": 1, "amount": 1, "hold_seconds": "60"}"#,
+            r#"{"customer_id": "C", "lines": [{"product_id": "A", "quantity": 1, "amount": 1}, {"product_id": "B", "quantity": 2.0, "amount": 0}]}"#,
+            r#"{"customer_id": "C", "lines": [{"product_id": "A", "quantity": 1, "amount": 1}]}"#,
+            r#"{"customer_id": "C", "lines": []}"#,
+            r#"{"customer_id": "C", "lines": null}"#,
+            r#"{"customer_id": "C", "lines": [{"product_id": "A", "quantity": 1, "amount": 1}, {"product_id": "A", "quantity": 1, "amount": 1}]}"#,
+            r#"{"customer_id": "C", "lines": [{"product_id": "A", "quantity": 1, "amount": 1}, {"product_id": "B", "quantity": 0, "amount": 1}]}"#,
+            r#"{"customer_id": "C", "lines": [{"product_id": "A", "quantity": 1, "amount": 1, "x": 1}, {"product_id": "B", "quantity": 1, "amount": 1}]}"#,
+            r#"{"customer_id": "C", "lines": [{"product_id": "A", "quantity": 1}, {"product_id": "B", "quantity": 1, "amount": 1}]}"#,
+            r#"{"customer_id": "C", "product_id": "P", "lines": [{"product_id": "A", "quantity": 1, "amount": 1}, {"product_id": "B", "quantity": 1, "amount": 1}]}"#,
+            r#"{"customer_id": "C", "product_id": null, "quantity": 1, "amount": 1}"#,
+            r#"{"customer_id": "C", "lines": "A"}"#,
+            r#"{"customer_id": "C", "hold_seconds": 30, "lines": [{"product_id": "A", "quantity": 1, "amount": 1}, {"product_id": "B", "quantity": 1, "amount": 1}]}"#,
+            r#"{"customer_id": "C", "hold_seconds": 0, "lines": [{"product_id": "A", "quantity": 1, "amount": 1}, {"product_id": "B", "quantity": 1, "amount": 1}]}"#,
         ];
         for case in cases {
             let detailed = NewOrder::from_json(&serde_json::from_str(case).unwrap()).ok();
@@ -453,9 +531,10 @@ mod tests {
             let order = PlacedOrder {
                 order_id: Uuid::now_v7(),
                 customer_id: "C".into(),
-                product_id: "P".into(),
-                quantity: 1,
-                amount: 1.0,
+                product_id: Some("P".into()),
+                quantity: Some(1),
+                amount: Some(1.0),
+                lines: None,
                 placed_at,
                 hold_seconds: None,
             };
@@ -465,7 +544,7 @@ mod tests {
             assert_eq!(serde_json::from_value::<PlacedOrder>(json).unwrap(), order);
         }
         let text = serde_json::to_value(PlacedOrder { placed_at: cases[0], ..PlacedOrder::new(
-            NewOrder { customer_id: "C".into(), product_id: "P".into(), quantity: 1, amount_cents: 100, hold_seconds: None }, Uuid::nil(), cases[0]) }).unwrap();
+            NewOrder::single("C", "P", 1, 100), Uuid::nil(), cases[0]) }).unwrap();
         assert_eq!(text["placed_at"], "2026-11-22T14:10:59.478145222Z");
     }
 
@@ -487,7 +566,7 @@ mod tests {
     fn a_message_without_hold_is_unchanged_and_old_messages_parse() {
         use chrono::TimeZone;
         let placed_at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
-        let order = NewOrder { customer_id: "C1".into(), product_id: "P1".into(), quantity: 2, amount_cents: 1050, hold_seconds: None };
+        let order = NewOrder::single("C1", "P1", 2, 1050);
         let id = Uuid::parse_str("01900000-0000-7000-8000-000000000001").unwrap();
         let text = serde_json::to_string(&PlacedOrder::new(order.clone(), id, placed_at)).unwrap();
         let before_holds = r#"{"order_id":"01900000-0000-7000-8000-000000000001","customer_id":"C1","product_id":"P1","quantity":2,"amount":10.5,"placed_at":"2026-01-02T03:04:05.000000000Z"}"#;
@@ -502,8 +581,24 @@ mod tests {
         bad.hold_seconds = Some(0);
         assert!(matches!(
             PlacedOrder::from_payload(Some(&serde_json::to_vec(&bad).unwrap())),
-            Err(InvalidMessage::Invalid { field: "hold_seconds", .. })
+            Err(InvalidMessage::Invalid { field, .. }) if field == "hold_seconds"
         ));
+    }
+
+    #[test]
+    fn a_cart_takes_a_hold_for_all_its_lines() {
+        let cart = json!({"customer_id": "C", "hold_seconds": 45,
+            "lines": [{"product_id": "A", "quantity": 1, "amount": 1}, {"product_id": "B", "quantity": 2, "amount": 1}]});
+        let order = NewOrder::from_json(&cart).unwrap();
+        assert_eq!((order.hold_seconds, order.lines.as_slice().len()), (Some(45), 2));
+        assert_eq!(NewOrder::parse_valid(&cart.to_string()), Some(order.clone()), "the fast path agrees");
+        let placed = PlacedOrder::new(order, Uuid::nil(), Utc::now());
+        let text = serde_json::to_string(&placed).unwrap();
+        assert!(text.ends_with(r#","hold_seconds":45}"#), "{text}");
+        assert_eq!(PlacedOrder::from_payload(Some(text.as_bytes())).unwrap().hold_seconds, Some(45));
+        let mut bad = cart;
+        bad["hold_seconds"] = json!(0);
+        assert_eq!(fields(NewOrder::from_json(&bad).unwrap_err()), ["hold_seconds"]);
     }
 
     #[test]
@@ -515,17 +610,78 @@ mod tests {
         let placed = PlacedOrder::new(order, Uuid::now_v7(), Utc::now());
         let bytes = serde_json::to_vec(&placed).unwrap();
         let valid = PlacedOrder::from_payload(Some(&bytes)).unwrap();
-        assert_eq!(valid.amount_cents, 1050);
+        assert_eq!(valid.lines(), [Line { product_id: "P1".into(), quantity: 3, amount_cents: 1050 }]);
         assert_eq!(valid.order_id, placed.order_id);
 
         assert!(matches!(PlacedOrder::from_payload(None), Err(InvalidMessage::Empty)));
         assert!(matches!(PlacedOrder::from_payload(Some(b"{oops")), Err(InvalidMessage::Malformed(_))));
         let mut bad = placed.clone();
-        bad.quantity = 0;
+        bad.quantity = Some(0);
         let bytes = serde_json::to_vec(&bad).unwrap();
         assert!(matches!(
             PlacedOrder::from_payload(Some(&bytes)),
-            Err(InvalidMessage::Invalid { field: "quantity", .. })
+            Err(InvalidMessage::Invalid { field, .. }) if field == "quantity"
         ));
+    }
+
+    #[test]
+    fn a_single_line_message_is_byte_for_byte_what_it_was_before_carts() {
+        use chrono::TimeZone;
+        let placed_at = Utc.with_ymd_and_hms(2026, 11, 22, 14, 10, 59).unwrap() + chrono::Duration::nanoseconds(478_145_222);
+        let id: Uuid = "01935a2b-0c1d-7e2f-8a3b-4c5d6e7f8091".parse().unwrap();
+        let placed = PlacedOrder::new(NewOrder::single("CUST001", "PROD001", 5, 649_995), id, placed_at);
+        // The exact bytes the producer published before this change.
+        let before = r#"{"order_id":"01935a2b-0c1d-7e2f-8a3b-4c5d6e7f8091","customer_id":"CUST001","product_id":"PROD001","quantity":5,"amount":6499.95,"placed_at":"2026-11-22T14:10:59.478145222Z"}"#;
+        assert_eq!(serde_json::to_string(&placed).unwrap(), before);
+        let valid = PlacedOrder::from_payload(Some(before.as_bytes())).unwrap();
+        assert_eq!(valid.lines, Lines::One(Line { product_id: "PROD001".into(), quantity: 5, amount_cents: 649_995 }));
+        assert_eq!((valid.order_id, valid.placed_at), (id, placed_at));
+    }
+
+    #[test]
+    fn a_cart_message_carries_its_lines_and_is_validated_again() {
+        let order = NewOrder::from_json(&json!({"customer_id": "C1", "lines": [
+            {"product_id": "B", "quantity": 2, "amount": 3.5}, {"product_id": "A", "quantity": 1, "amount": 0.1}
+        ]}))
+        .unwrap();
+        let placed = PlacedOrder::new(order.clone(), Uuid::now_v7(), Utc::now());
+        let json = serde_json::to_value(&placed).unwrap();
+        assert!(json.get("product_id").is_none() && json.get("quantity").is_none() && json.get("amount").is_none(), "{json}");
+        assert_eq!(json["lines"], json!([{"product_id": "B", "quantity": 2, "amount": 3.5}, {"product_id": "A", "quantity": 1, "amount": 0.1}]));
+        let valid = PlacedOrder::from_payload(Some(&serde_json::to_vec(&placed).unwrap())).unwrap();
+        assert_eq!(valid.lines, order.lines);
+
+        let reject = |mut bad: Value, field: &str| {
+            let error = PlacedOrder::from_payload(Some(&serde_json::to_vec(&bad.take()).unwrap())).unwrap_err();
+            assert!(matches!(&error, InvalidMessage::Invalid { field: f, .. } if f == field), "{error} for {field}");
+        };
+        let mut duplicate = json.clone();
+        duplicate["lines"][1]["product_id"] = json!("B");
+        reject(duplicate, "lines[1].product_id");
+        let mut mixed = json.clone();
+        mixed["product_id"] = json!("B");
+        reject(mixed, "lines");
+        let mut empty = json.clone();
+        empty["lines"] = json!([]);
+        reject(empty, "lines");
+        let mut too_many = json.clone();
+        too_many["lines"] = json!((0..51).map(|i| json!({"product_id": format!("P{i}"), "quantity": 1, "amount": 1})).collect::<Vec<_>>());
+        reject(too_many, "lines");
+        let mut bad_line = json.clone();
+        bad_line["lines"][0]["quantity"] = json!(10_001);
+        reject(bad_line, "lines[0].quantity");
+        let mut neither = json;
+        neither.as_object_mut().unwrap().remove("lines");
+        reject(neither, "product_id");
+    }
+
+    #[test]
+    fn mixed_shapes_are_refused_naming_lines() {
+        let errors = NewOrder::from_json(&json!({"customer_id": "C", "quantity": 1,
+            "lines": [{"product_id": "A", "quantity": 1, "amount": 1}]}))
+        .unwrap_err();
+        assert_eq!(fields(errors), ["lines"]);
+        let errors = NewOrder::from_json(&json!({"lines": [{"product_id": "A", "quantity": 0, "amount": 1}]})).unwrap_err();
+        assert_eq!(fields(errors), ["customer_id", "lines[0].quantity"]);
     }
 }
