@@ -63,9 +63,15 @@ pub struct OrderEvent {
     pub kind: EventType,
     pub order_id: Uuid,
     pub customer_id: String,
-    /// Null only for the refusal of a command whose order never arrived (`unknown_order`).
+    /// A single-line order's product and quantity, as before carts. Null for a cart (see
+    /// `lines`) and for the refusal of a command whose order never arrived (`unknown_order`).
     pub product_id: Option<String>,
     pub quantity: Option<i32>,
+    /// Every line of the order, a single-line order's one line included: what the change
+    /// moved (a cart moves all its lines together). Empty (absent) only for an
+    /// `unknown_order` refusal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<EventLine>,
     /// Why: a rejection's or refusal's reason; null for reserved, confirmed, cancelled, and
     /// `hold_expired` for expired.
     pub reason: Option<String>,
@@ -79,6 +85,13 @@ pub struct OrderEvent {
     /// The command behind `confirmed`, `cancelled` and the refusals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_id: Option<Uuid>,
+}
+
+/// One line of an event's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventLine {
+    pub product_id: String,
+    pub quantity: i32,
 }
 
 impl OrderEvent {
@@ -132,6 +145,7 @@ mod tests {
             customer_id: "C".into(),
             product_id: Some("P".into()),
             quantity: Some(2),
+            lines: vec![EventLine { product_id: "P".into(), quantity: 2 }],
             reason: Some("hold_expired".into()),
             occurred_at: Utc::now(),
             expires_at: None,
@@ -140,7 +154,8 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
         assert_eq!(value["type"], "confirm_refused");
         assert!(value.get("expires_at").is_none());
-        for field in ["event_id", "order_id", "customer_id", "product_id", "quantity", "reason", "occurred_at", "command_id"] {
+        assert_eq!(value["lines"], serde_json::json!([{"product_id": "P", "quantity": 2}]));
+        for field in ["event_id", "order_id", "customer_id", "product_id", "quantity", "lines", "reason", "occurred_at", "command_id"] {
             assert!(value.get(field).is_some(), "{field}");
         }
         assert_eq!(serde_json::from_value::<OrderEvent>(value).unwrap(), event);

@@ -12,11 +12,25 @@ use uuid::Uuid;
 use orderflow_common::acked::{AckedProducer, Outgoing, PublishError};
 use orderflow_common::command::CommandKind;
 use orderflow_common::config::KafkaSettings;
-use orderflow_common::events::{event_id, EventType, OrderEvent};
+use orderflow_common::events::{event_id, EventLine, EventType, OrderEvent};
 use orderflow_common::kafka;
 
-use crate::lifecycle::{Change, Hold, Refusal, Status};
+use crate::lifecycle::{Change, HeldLine, Hold, Refusal, Status};
 use crate::stats::Stats;
+
+/// A single-line order's line (its `product_id` and `quantity` fields, as before carts);
+/// `None` for a cart.
+fn single(hold: &Hold) -> Option<&HeldLine> {
+    match hold.lines.as_slice() {
+        [line] => Some(line),
+        _ => None,
+    }
+}
+
+/// Every line of the order, for the event's `lines`.
+fn lines(hold: &Hold) -> Vec<EventLine> {
+    hold.lines.iter().map(|line| EventLine { product_id: line.product_id.clone(), quantity: line.quantity }).collect()
+}
 
 /// The event of a placement: `reserved` (with its deadline) or `rejected` (with why).
 pub fn placed(order_id: Uuid, hold: &Hold, reason: Option<&str>, occurred_at: DateTime<Utc>) -> OrderEvent {
@@ -26,8 +40,9 @@ pub fn placed(order_id: Uuid, hold: &Hold, reason: Option<&str>, occurred_at: Da
         kind,
         order_id,
         customer_id: hold.customer_id.clone(),
-        product_id: Some(hold.product_id.clone()),
-        quantity: Some(hold.quantity),
+        product_id: single(hold).map(|line| line.product_id.clone()),
+        quantity: single(hold).map(|line| line.quantity),
+        lines: lines(hold),
         reason: (kind == EventType::Rejected).then(|| reason.unwrap_or_default().to_owned()),
         occurred_at,
         expires_at: if kind == EventType::Reserved { hold.expires_at } else { None },
@@ -42,8 +57,9 @@ pub fn expired(order_id: Uuid, hold: &Hold, occurred_at: DateTime<Utc>) -> Order
         kind: EventType::Expired,
         order_id,
         customer_id: hold.customer_id.clone(),
-        product_id: Some(hold.product_id.clone()),
-        quantity: Some(hold.quantity),
+        product_id: single(hold).map(|line| line.product_id.clone()),
+        quantity: single(hold).map(|line| line.quantity),
+        lines: lines(hold),
         reason: Some(Change::Expire.reason().to_owned()),
         occurred_at,
         expires_at: None,
@@ -80,8 +96,9 @@ pub fn decided(
         kind: event_kind,
         order_id,
         customer_id: hold.map_or(customer_id, |hold| hold.customer_id.as_str()).to_owned(),
-        product_id: hold.map(|hold| hold.product_id.clone()),
-        quantity: hold.map(|hold| hold.quantity),
+        product_id: hold.and_then(single).map(|line| line.product_id.clone()),
+        quantity: hold.and_then(single).map(|line| line.quantity),
+        lines: hold.map(lines).unwrap_or_default(),
         reason,
         occurred_at,
         expires_at: None,
@@ -170,7 +187,7 @@ mod tests {
     use super::*;
 
     fn hold(status: Status) -> Hold {
-        Hold { customer_id: "C".into(), product_id: "P".into(), quantity: 2, status, expires_at: Some(Utc::now()) }
+        Hold { customer_id: "C".into(), lines: vec![HeldLine { product_id: "P".into(), quantity: 2 }], status, expires_at: Some(Utc::now()) }
     }
 
     /// A redelivered message rebuilds its event from the stored row; the id must be the one

@@ -66,19 +66,37 @@ const PRODUCTS_PER_SWEEP: i64 = 1_000;
 /// Lock conflicts one sweep waits out before leaving the rest to the next tick.
 const MAX_CONFLICTS: u32 = 50;
 
-const DUE_PRODUCTS: &str = "SELECT DISTINCT product_id FROM orders \
-     WHERE status = 'reserved' AND expires_at <= now() ORDER BY product_id LIMIT $1";
+/// The products of due holds: a single-line order's product, every line's product of a cart.
+const DUE_PRODUCTS: &str = "SELECT product_id FROM ( \
+         SELECT DISTINCT product_id FROM orders \
+          WHERE status = 'reserved' AND expires_at <= now() AND product_id IS NOT NULL \
+         UNION \
+         SELECT l.product_id FROM orders o JOIN order_lines l USING (order_id) \
+          WHERE o.status = 'reserved' AND o.expires_at <= now() AND o.line_count > 1) AS due \
+     ORDER BY product_id LIMIT $1";
 
 /// The status check runs under the product locks: a hold another transaction ended (or
-/// expired) meanwhile is no longer `reserved` and is skipped.
+/// expired) meanwhile is no longer `reserved` and is skipped. A cart is expired only when
+/// every one of its lines' products is among the locked ones (its lines move together);
+/// otherwise a later transaction that locks them all takes it. Its lines come back with it.
 const EXPIRE: &str = "UPDATE orders AS o SET status = 'expired', reason = 'hold_expired', status_changed_at = $1 \
-     WHERE o.order_id IN (SELECT order_id FROM orders \
-                          WHERE status = 'reserved' AND expires_at <= $1 AND product_id = ANY($2) \
-                          ORDER BY expires_at LIMIT $3) \
+     WHERE o.order_id IN (SELECT d.order_id FROM orders d \
+                          WHERE d.status = 'reserved' AND d.expires_at <= $1 \
+                            AND (d.product_id = ANY($2) \
+                                 OR (d.line_count > 1 AND EXISTS (SELECT 1 FROM order_lines l \
+                                                                  WHERE l.order_id = d.order_id AND l.product_id = ANY($2)))) \
+                          ORDER BY d.expires_at LIMIT $3) \
        AND o.status = 'reserved' \
-     RETURNING o.order_id, o.customer_id, o.product_id, o.quantity, o.expires_at";
+       AND (o.line_count = 1 OR NOT EXISTS (SELECT 1 FROM order_lines l \
+                                            WHERE l.order_id = o.order_id AND NOT l.product_id = ANY($2))) \
+     RETURNING o.order_id, o.customer_id, o.product_id, o.quantity, o.expires_at, \
+            CASE WHEN o.line_count > 1 THEN ARRAY(SELECT l.product_id FROM order_lines l WHERE l.order_id = o.order_id ORDER BY l.line_no) END, \
+            CASE WHEN o.line_count > 1 THEN ARRAY(SELECT l.quantity FROM order_lines l WHERE l.order_id = o.order_id ORDER BY l.line_no) END";
 
-const PARKED_WITH_ORDER: &str = "SELECT c.command_id, c.order_id, c.customer_id, c.kind, c.issued_at, o.product_id \
+/// With every product the command's order touches (all of a cart's lines).
+const PARKED_WITH_ORDER: &str = "SELECT c.command_id, c.order_id, c.customer_id, c.kind, c.issued_at, \
+            CASE WHEN o.line_count = 1 THEN ARRAY[o.product_id] \
+                 ELSE ARRAY(SELECT l.product_id FROM order_lines l WHERE l.order_id = o.order_id) END \
      FROM order_commands c JOIN orders o USING (order_id) \
      WHERE c.outcome = 'pending' ORDER BY c.received_at, c.command_id LIMIT 1000";
 
@@ -175,7 +193,9 @@ impl Sweeper {
                     report.transactions += 1;
                     self.stats.record_expired(expired);
                     metrics::counter!("expiry_transactions_total").increment(1);
-                    if expired < self.settings.max_rows as u64 && (products.len() as i64) < PRODUCTS_PER_SWEEP {
+                    // Nothing expired although products were due: the rest are carts whose
+                    // products reach past this list; the next tick takes them.
+                    if expired == 0 || (expired < self.settings.max_rows as u64 && (products.len() as i64) < PRODUCTS_PER_SWEEP) {
                         return Ok(report);
                     }
                 }
@@ -207,9 +227,13 @@ impl Sweeper {
         let mut events = Vec::with_capacity(if self.lifecycle.events { rows.len() } else { 0 });
         for row in &rows {
             let order_id: Uuid = row.get(0);
-            let hold = Hold { customer_id: row.get(1), product_id: row.get(2), quantity: row.get(3), status: Status::Reserved, expires_at: row.get(4) };
+            let hold = Hold { customer_id: row.get(1), lines: reservation::lines_of_row(row, 2, 5), status: Status::Reserved, expires_at: row.get(4) };
             debug_assert!(is_due(hold.status, hold.expires_at, now), "the statement and the rule agree");
-            *deltas.entry(hold.product_id.clone()).or_default() += Change::Expire.stock(hold.quantity);
+            // Per product, the sum over every line of the expired orders.
+            for (product, delta) in hold.stock(Change::Expire) {
+                debug_assert!(locked.contains(&product), "a cart is expired only with all its products locked");
+                *deltas.entry(product.to_owned()).or_default() += delta;
+            }
             if self.lifecycle.events {
                 events.push(events::expired(order_id, &hold, now));
             }
@@ -231,7 +255,7 @@ impl Sweeper {
         if rows.is_empty() {
             return Ok(0);
         }
-        let commands: Vec<(ValidCommand, String)> = rows
+        let commands: Vec<(ValidCommand, Vec<String>)> = rows
             .iter()
             .map(|row| {
                 let command = ValidCommand {
@@ -244,7 +268,7 @@ impl Sweeper {
                 (command, row.get(5))
             })
             .collect();
-        let mut products: Vec<&str> = commands.iter().map(|(_, product)| product.as_str()).collect();
+        let mut products: Vec<&str> = commands.iter().flat_map(|(_, products)| products.iter().map(String::as_str)).collect();
         products.sort_unstable();
         products.dedup();
         let part = Part { steps: commands.iter().map(|(command, _)| Step::Command { command, parked: true }).collect(), products };

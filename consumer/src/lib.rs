@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod replay;
 pub mod reservation;
 pub mod settings;
+pub mod split;
 pub mod startup;
 pub mod stats;
 pub mod status_report;

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use orderflow_common::command::{CommandKind, ValidCommand};
 use orderflow_common::order::ValidOrder;
 
-use crate::allocation::{allocate_one, Decision};
+use crate::allocation::{allocate_one, Decision, RejectReason};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
@@ -180,14 +180,34 @@ impl StockDelta {
     }
 }
 
-/// A known order as the transaction sees it.
+/// A known order as the transaction sees it. A cart is held, confirmed, cancelled and
+/// expired whole: every change moves every line's units together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     pub customer_id: String,
-    pub product_id: String,
-    pub quantity: i32,
+    /// One line for a single-line order, 2..50 for a cart, each product once.
+    pub lines: Vec<HeldLine>,
     pub status: Status,
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// One line of a held order: what a change moves on one product's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLine {
+    pub product_id: String,
+    pub quantity: i32,
+}
+
+impl Hold {
+    /// A hold's lines from an order's.
+    pub fn lines_of(order: &ValidOrder) -> Vec<HeldLine> {
+        order.lines().iter().map(|line| HeldLine { product_id: line.product_id.clone(), quantity: line.quantity }).collect()
+    }
+
+    /// What `change` does to each product's stock: every line moves.
+    pub fn stock(&self, change: Change) -> impl Iterator<Item = (&str, StockDelta)> + '_ {
+        self.lines.iter().map(move |line| (line.product_id.as_str(), change.stock(line.quantity)))
+    }
 }
 
 /// One thing to apply, in offset order.
@@ -202,7 +222,8 @@ pub enum Step<'a> {
 /// What one step did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Placed { order_id: Uuid, decision: Decision, expires_at: Option<DateTime<Utc>> },
+    /// `short`: for a rejected cart, its lines that could not be served, with why.
+    Placed { order_id: Uuid, decision: Decision, expires_at: Option<DateTime<Utc>>, short: Vec<(usize, RejectReason)> },
     Decided { command_id: Uuid, order_id: Uuid, parked: bool, verdict: Verdict },
     /// The command's order is not known to this transaction: it stays (or becomes) parked.
     Unknown { command_id: Uuid },
@@ -232,27 +253,25 @@ impl Ledger {
     fn step(&mut self, step: Step<'_>, now: DateTime<Utc>, default_hold_seconds: u32) -> Outcome {
         match step {
             Step::Place(order) => {
-                let decision = allocate_one(&order.product_id, order.quantity, &mut self.available);
+                // All or nothing over the order's lines (allocation.rs).
+                let lines = order.lines().iter().map(|line| (line.product_id.as_str(), line.quantity));
+                let (decision, short) = allocate_one(lines, &mut self.available);
                 let expires_at = (decision == Decision::Reserved)
                     .then(|| now + chrono::Duration::seconds(i64::from(order.hold_seconds.unwrap_or(default_hold_seconds))));
                 let status = match decision {
                     Decision::Reserved => {
-                        let q = i64::from(order.quantity);
-                        *self.deltas.entry(order.product_id.clone()).or_default() +=
-                            StockDelta { available: -q, reserved: q, ..StockDelta::default() };
+                        for line in order.lines() {
+                            let q = i64::from(line.quantity);
+                            *self.deltas.entry(line.product_id.clone()).or_default() +=
+                                StockDelta { available: -q, reserved: q, ..StockDelta::default() };
+                        }
                         Status::Reserved
                     }
                     Decision::Rejected(_) => Status::Rejected,
                 };
-                let hold = Hold {
-                    customer_id: order.customer_id.clone(),
-                    product_id: order.product_id.clone(),
-                    quantity: order.quantity,
-                    status,
-                    expires_at,
-                };
+                let hold = Hold { customer_id: order.customer_id.clone(), lines: Hold::lines_of(order), status, expires_at };
                 self.orders.insert(order.order_id, hold);
-                Outcome::Placed { order_id: order.order_id, decision, expires_at }
+                Outcome::Placed { order_id: order.order_id, decision, expires_at, short }
             }
             Step::Command { command, parked } => {
                 let Some(hold) = self.orders.get_mut(&command.order_id) else {
@@ -260,10 +279,13 @@ impl Ledger {
                 };
                 let verdict = decide(command.kind, hold.status, hold.expires_at, now);
                 if let Some(change) = verdict.change {
+                    // A cart's lines move together: every one of its products is locked
+                    // in this part (worker_pool::plan puts them all in it).
                     hold.status = change.status();
-                    let delta = change.stock(hold.quantity);
-                    *self.available.get_mut(&hold.product_id).expect("a held order's product is locked") += delta.available;
-                    *self.deltas.entry(hold.product_id.clone()).or_default() += delta;
+                    for (product, delta) in hold.stock(change) {
+                        *self.available.get_mut(product).expect("a held order's products are locked") += delta.available;
+                        *self.deltas.entry(product.to_owned()).or_default() += delta;
+                    }
                 }
                 Outcome::Decided { command_id: command.command_id, order_id: command.order_id, parked, verdict }
             }
@@ -274,7 +296,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::allocation::RejectReason;
+    use orderflow_common::order::{Line, Lines};
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
@@ -329,12 +351,15 @@ mod tests {
     }
 
     fn order(id: u128, product: &str, quantity: i32, hold: Option<u32>) -> ValidOrder {
+        cart(id, &[(product, quantity)], hold)
+    }
+
+    fn cart(id: u128, lines: &[(&str, i32)], hold: Option<u32>) -> ValidOrder {
+        let lines: Vec<Line> = lines.iter().map(|&(p, quantity)| Line { product_id: p.into(), quantity, amount_cents: 100 }).collect();
         ValidOrder {
             order_id: Uuid::from_u128(id),
             customer_id: "C".into(),
-            product_id: product.into(),
-            quantity,
-            amount_cents: 100,
+            lines: if lines.len() == 1 { Lines::One(lines[0].clone()) } else { Lines::Cart(lines) },
             placed_at: at(-5),
             hold_seconds: hold,
         }
@@ -351,9 +376,9 @@ mod tests {
         let mut ledger = Ledger::new([("P".to_owned(), 1)].into(), HashMap::new());
         let steps = [Step::Place(&a), Step::Command { command: &cancel_a, parked: false }, Step::Place(&b)];
         let outcomes = ledger.apply(&steps, at(0), 900);
-        assert_eq!(outcomes[0], Outcome::Placed { order_id: a.order_id, decision: Decision::Reserved, expires_at: Some(at(60)) });
+        assert_eq!(outcomes[0], Outcome::Placed { order_id: a.order_id, decision: Decision::Reserved, expires_at: Some(at(60)), short: vec![] });
         assert!(matches!(outcomes[1], Outcome::Decided { verdict: Verdict { change: Some(Change::Cancel), refusal: None }, .. }));
-        assert_eq!(outcomes[2], Outcome::Placed { order_id: b.order_id, decision: Decision::Reserved, expires_at: Some(at(900)) });
+        assert_eq!(outcomes[2], Outcome::Placed { order_id: b.order_id, decision: Decision::Reserved, expires_at: Some(at(900)), short: vec![] });
         assert_eq!(ledger.available["P"], 0);
         // a reserved then released, b reserved: one unit held in the end.
         assert_eq!(ledger.deltas["P"], StockDelta { available: -1, reserved: 1, total: 0, sold: 0 });
@@ -361,7 +386,12 @@ mod tests {
 
     #[test]
     fn commands_on_known_orders_move_stock_and_unknown_orders_stay_parked() {
-        let held = |status, expires_at| Hold { customer_id: "C".into(), product_id: "P".into(), quantity: 2, status, expires_at };
+        let held = |status, expires_at| Hold {
+            customer_id: "C".into(),
+            lines: vec![HeldLine { product_id: "P".into(), quantity: 2 }],
+            status,
+            expires_at,
+        };
         let orders: HashMap<Uuid, Hold> = [
             (Uuid::from_u128(1), held(Status::Reserved, Some(at(5)))),
             (Uuid::from_u128(2), held(Status::Reserved, Some(at(-5)))),
@@ -398,7 +428,7 @@ mod tests {
         let confirm = command(10, 1, CommandKind::Confirm);
         let mut ledger = Ledger::default();
         let outcomes = ledger.apply(&[Step::Place(&lost), Step::Command { command: &confirm, parked: true }], at(0), 900);
-        assert_eq!(outcomes[0], Outcome::Placed { order_id: lost.order_id, decision: Decision::Rejected(RejectReason::UnknownProduct), expires_at: None });
+        assert_eq!(outcomes[0], Outcome::Placed { order_id: lost.order_id, decision: Decision::Rejected(RejectReason::UnknownProduct), expires_at: None, short: vec![] });
         assert!(matches!(outcomes[1], Outcome::Decided { parked: true, verdict: Verdict { change: None, refusal: Some(Refusal::OrderRejected) }, .. }));
         assert!(ledger.deltas.is_empty());
     }

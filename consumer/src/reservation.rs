@@ -1,6 +1,8 @@
 //! One transaction for a part of a batch (placements and commands of a set of products):
 //! lock each product row once, read what exists, decide in memory (`lifecycle`), and write
-//! orders, commands and stock set-based, in a fixed number of statements whatever the size.
+//! orders, cart lines, commands and stock set-based, in a fixed number of statements
+//! whatever the size. A cart's products are all in its part (worker_pool::plan), so its
+//! lines are placed, confirmed, cancelled or expired together, under all their locks.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,11 +14,11 @@ use uuid::Uuid;
 
 use orderflow_common::command::{CommandKind, ValidCommand};
 use orderflow_common::events::OrderEvent;
-use orderflow_common::order::ValidOrder;
+use orderflow_common::order::{Line, Lines, ValidOrder};
 
 use crate::allocation::{Decision, RejectReason};
 use crate::events::{self, CommandOutcome};
-use crate::lifecycle::{Change, Hold, Ledger, Outcome, Refusal, Status, Step, StockDelta, Verdict};
+use crate::lifecycle::{Change, HeldLine, Hold, Ledger, Outcome, Refusal, Status, Step, StockDelta, Verdict};
 use crate::outbox;
 
 #[derive(Debug, thiserror::Error)]
@@ -194,9 +196,13 @@ pub(crate) const NOW: &str = "SELECT now()";
 
 /// Orders of the part that exist: placements already applied (redeliveries), and the orders
 /// commands act on. Read only after the locks: any transaction changing them holds the same
-/// product locks, so what this sees is final until our commit.
-const FIND_ORDERS: &str = "SELECT order_id, customer_id, product_id, quantity, status, reason, expires_at, processed_at \
-     FROM orders WHERE order_id = ANY($1)";
+/// product locks, so what this sees is final until our commit. A cart's lines come along
+/// (the subquery runs only for carts: single-line orders keep their line in the row).
+pub(crate) const FIND_ORDERS: &str = "SELECT o.order_id, o.customer_id, o.product_id, o.quantity, o.status, o.reason, \
+            o.expires_at, o.processed_at, \
+            CASE WHEN o.line_count > 1 THEN ARRAY(SELECT l.product_id FROM order_lines l WHERE l.order_id = o.order_id ORDER BY l.line_no) END, \
+            CASE WHEN o.line_count > 1 THEN ARRAY(SELECT l.quantity FROM order_lines l WHERE l.order_id = o.order_id ORDER BY l.line_no) END \
+     FROM orders o WHERE o.order_id = ANY($1)";
 
 /// Commands decided before (redeliveries), or parked and now applicable. Locked, so that the
 /// sweeper's refusal of a parked command and its application here cannot both happen.
@@ -213,13 +219,22 @@ const FIND_PARKED: &str = "SELECT command_id, order_id, customer_id, kind, issue
        AND EXISTS (SELECT 1 FROM order_commands WHERE outcome = 'pending') \
      ORDER BY received_at, command_id FOR UPDATE";
 
+// A cart's row has NULL product_id, quantity and amount and its line count; its lines go to
+// order_lines (INSERT_LINES).
 const INSERT_ORDERS: &str = "INSERT INTO orders \
-     (order_id, customer_id, product_id, quantity, amount, status, reason, created_at, processed_at, status_changed_at, expires_at) \
+     (order_id, customer_id, product_id, quantity, amount, line_count, status, reason, created_at, processed_at, status_changed_at, expires_at) \
      SELECT o.order_id, o.customer_id, o.product_id, o.quantity, (o.amount_cents::numeric / 100)::numeric(12, 2), \
-            o.status, o.reason, o.created_at, $9::timestamptz, $9::timestamptz, o.expires_at \
-     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::text[], $7::text[], $8::timestamptz[], $10::timestamptz[]) \
-          AS o(order_id, customer_id, product_id, quantity, amount_cents, status, reason, created_at, expires_at) \
+            o.line_count, o.status, o.reason, o.created_at, $10::timestamptz, $10::timestamptz, o.expires_at \
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::int2[], $7::text[], $8::text[], $9::timestamptz[], $11::timestamptz[]) \
+          AS o(order_id, customer_id, product_id, quantity, amount_cents, line_count, status, reason, created_at, expires_at) \
      ON CONFLICT (order_id) DO NOTHING";
+
+// No ON CONFLICT: it runs only after every order of the set was inserted as new, and a
+// cart's lines are written with its row, in this transaction, or not at all.
+const INSERT_LINES: &str = "INSERT INTO order_lines (order_id, line_no, product_id, quantity, amount, problem) \
+     SELECT l.order_id, l.line_no, l.product_id, l.quantity, (l.amount_cents::numeric / 100)::numeric(12, 2), l.problem \
+     FROM unnest($1::uuid[], $2::int2[], $3::text[], $4::int4[], $5::int8[], $6::text[]) \
+          AS l(order_id, line_no, product_id, quantity, amount_cents, problem)";
 
 const CHANGE_ORDERS: &str = "UPDATE orders AS o SET status = c.status, reason = c.reason, status_changed_at = $4 \
      FROM unnest($1::uuid[], $2::text[], $3::text[]) AS c(order_id, status, reason) \
@@ -348,22 +363,19 @@ pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -
     let mut outbox_events = Vec::new();
     for (step, outcome) in steps.iter().zip(&outcomes) {
         match (step, outcome) {
-            (Step::Place(order), Outcome::Placed { decision, expires_at, .. }) => {
+            (Step::Place(order), Outcome::Placed { decision, expires_at, short, .. }) => {
                 match decision {
                     Decision::Reserved => result.applied.reserved += 1,
                     Decision::Rejected(RejectReason::InsufficientStock) => result.applied.insufficient_stock += 1,
                     Decision::Rejected(RejectReason::UnknownProduct) => result.applied.unknown_product += 1,
                 }
                 writes.placements.push((order, *decision, *expires_at));
+                if order.lines.is_cart() {
+                    writes.carts.push((order, short.as_slice()));
+                }
                 if settings.events {
-                    let hold = Hold {
-                        customer_id: order.customer_id.clone(),
-                        product_id: order.product_id.clone(),
-                        quantity: order.quantity,
-                        status: if *decision == Decision::Reserved { Status::Reserved } else { Status::Rejected },
-                        expires_at: *expires_at,
-                    };
-                    result.events.push(events::placed(order.order_id, &hold, decision.reason(), now));
+                    let hold = &ledger.orders[&order.order_id];
+                    result.events.push(events::placed(order.order_id, hold, decision.reason(), now));
                 }
             }
             (Step::Command { command, parked }, Outcome::Decided { verdict, .. }) => {
@@ -413,6 +425,7 @@ pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -
     if inserted != writes.placements.len() as u64 {
         return Err(ReserveError::ConcurrentlyApplied(writes.placements.len() - inserted as usize));
     }
+    insert_lines(&transaction, &writes.carts).await?;
     change_orders(&transaction, &writes.changes, now).await?;
     record_commands(&transaction, &writes.commands, now).await?;
     move_stock(&transaction, &ledger.deltas).await?;
@@ -484,8 +497,7 @@ impl Stored {
         Self {
             hold: Hold {
                 customer_id: row.get(1),
-                product_id: row.get(2),
-                quantity: row.get(3),
+                lines: lines_of_row(row, 2, 8),
                 status: Status::parse(row.get(4)).expect("the table's CHECK allows only known states"),
                 expires_at: row.get(6),
             },
@@ -495,9 +507,26 @@ impl Stored {
     }
 }
 
+/// A stored order's lines from a row: a single-line order's `product_id` and `quantity` at
+/// `single` and `single + 1`, or, for a cart (those NULL), the arrays of its lines' products
+/// and quantities at `arrays` and `arrays + 1` (`FIND_ORDERS` shows how).
+pub(crate) fn lines_of_row(row: &tokio_postgres::Row, single: usize, arrays: usize) -> Vec<HeldLine> {
+    let product: Option<String> = row.get(single);
+    let quantity: Option<i32> = row.get(single + 1);
+    if let (Some(product_id), Some(quantity)) = (product, quantity) {
+        return vec![HeldLine { product_id, quantity }];
+    }
+    let products: Vec<String> = row.get(arrays);
+    let quantities: Vec<i32> = row.get(arrays + 1);
+    debug_assert_eq!(products.len(), quantities.len());
+    products.into_iter().zip(quantities).map(|(product_id, quantity)| HeldLine { product_id, quantity }).collect()
+}
+
 #[derive(Default)]
 struct Writes<'a> {
     placements: Vec<(&'a ValidOrder, Decision, Option<DateTime<Utc>>)>,
+    /// New carts, with the short lines of a rejected one: their lines go to `order_lines`.
+    carts: Vec<(&'a ValidOrder, &'a [(usize, RejectReason)])>,
     /// The order's change (at most one: every state it leads to is final).
     changes: HashMap<Uuid, Change>,
     /// Decided commands, and parked ones (`None`).
@@ -532,17 +561,49 @@ async fn insert_orders(
     }
     let ids: Vec<Uuid> = placements.iter().map(|(o, ..)| o.order_id).collect();
     let customers: Vec<&str> = placements.iter().map(|(o, ..)| o.customer_id.as_str()).collect();
-    let products: Vec<&str> = placements.iter().map(|(o, ..)| o.product_id.as_str()).collect();
-    let quantities: Vec<i32> = placements.iter().map(|(o, ..)| o.quantity).collect();
-    let amounts: Vec<i64> = placements.iter().map(|(o, ..)| o.amount_cents).collect();
+    // A single-line order's line, or NULLs for a cart.
+    fn single<'a>(order: &'a ValidOrder) -> Option<&'a Line> {
+        match &order.lines {
+            Lines::One(line) => Some(line),
+            Lines::Cart(_) => None,
+        }
+    }
+    let products: Vec<Option<&str>> = placements.iter().map(|(o, ..)| single(o).map(|l| l.product_id.as_str())).collect();
+    let quantities: Vec<Option<i32>> = placements.iter().map(|(o, ..)| single(o).map(|l| l.quantity)).collect();
+    let amounts: Vec<Option<i64>> = placements.iter().map(|(o, ..)| single(o).map(|l| l.amount_cents)).collect();
+    let line_counts: Vec<i16> = placements.iter().map(|(o, ..)| o.lines().len() as i16).collect();
     let statuses: Vec<&str> = placements.iter().map(|(_, d, _)| d.status()).collect();
     let reasons: Vec<Option<&str>> = placements.iter().map(|(_, d, _)| d.reason()).collect();
     let created: Vec<DateTime<Utc>> = placements.iter().map(|(o, ..)| o.placed_at).collect();
     let expires: Vec<Option<DateTime<Utc>>> = placements.iter().map(|(.., e)| *e).collect();
     let insert = transaction.prepare_cached(INSERT_ORDERS).await?;
     Ok(transaction
-        .execute(&insert, &[&ids, &customers, &products, &quantities, &amounts, &statuses, &reasons, &created, &now, &expires])
+        .execute(&insert, &[&ids, &customers, &products, &quantities, &amounts, &line_counts, &statuses, &reasons, &created, &now, &expires])
         .await?)
+}
+
+/// The lines of new carts, with the problem of each short line of a rejected cart. Nothing
+/// to do without carts.
+async fn insert_lines(transaction: &Transaction<'_>, carts: &[(&ValidOrder, &[(usize, RejectReason)])]) -> Result<(), ReserveError> {
+    if carts.is_empty() {
+        return Ok(());
+    }
+    let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (order, short) in carts {
+        for (n, line) in order.lines().iter().enumerate() {
+            columns.0.push(order.order_id);
+            columns.1.push(n as i16 + 1);
+            columns.2.push(line.product_id.as_str());
+            columns.3.push(line.quantity);
+            columns.4.push(line.amount_cents);
+            columns.5.push(short.iter().find(|(at, _)| *at == n).map(|(_, reason)| reason.as_str()));
+        }
+    }
+    let (ids, numbers, products, quantities, amounts, problems) = columns;
+    let insert = transaction.prepare_cached(INSERT_LINES).await?;
+    let inserted = transaction.execute(&insert, &[&ids, &numbers, &products, &quantities, &amounts, &problems]).await?;
+    debug_assert_eq!(inserted, ids.len() as u64, "every line of every new cart is inserted");
+    Ok(())
 }
 
 async fn change_orders(transaction: &Transaction<'_>, changes: &HashMap<Uuid, Change>, now: DateTime<Utc>) -> Result<(), ReserveError> {

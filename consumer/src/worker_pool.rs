@@ -1,7 +1,7 @@
 //! Writing a batch with several workers at once. The batch (orders and commands) is split by
-//! product, so workers of one consumer never wait for each other's row locks; each part is
-//! one transaction, retried until it commits. Commands whose order is unknown are parked in
-//! a transaction of their own.
+//! product, carts keeping their products together (split.rs), so workers of one consumer
+//! never wait for each other's row locks; each part is one transaction, retried until it
+//! commits. Commands whose order is unknown are parked in a transaction of their own.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -18,7 +18,7 @@ use orderflow_common::command::{Inbound, ValidCommand};
 use orderflow_common::errors::Chain;
 use orderflow_common::events::OrderEvent;
 use orderflow_common::log_limit::{self, LogLimiter};
-use orderflow_common::order::ValidOrder;
+use orderflow_common::order::{Line, ValidOrder};
 
 use crate::lifecycle::Step;
 use crate::reservation::{self, Applied, ErrorClass, LifecycleSettings, Part, PartResult, ReserveError};
@@ -53,9 +53,13 @@ static TRANSIENT_LOGS: LogLimiter = LogLimiter::new(log_limit::EVERY);
 /// Permanent errors: an ERROR on about every slow retry, but never more than one per 10 s.
 static PERMANENT_LOGS: LogLimiter = LogLimiter::new(log_limit::EVERY);
 
-/// Where each command's order is, for `SELECT ... FROM orders` of commands whose order is
-/// not in the batch. An order's product never changes, so this needs no lock.
-const LOCATE_ORDERS: &str = "SELECT order_id, product_id FROM orders WHERE order_id = ANY($1)";
+/// Where each command's order is, for commands whose order is not in the batch: its product,
+/// or every product of a cart's lines. An order's products never change, so this needs no
+/// lock.
+const LOCATE_ORDERS: &str = "SELECT o.order_id, \
+            CASE WHEN o.line_count = 1 THEN ARRAY[o.product_id] \
+                 ELSE ARRAY(SELECT l.product_id FROM order_lines l WHERE l.order_id = o.order_id ORDER BY l.line_no) END \
+     FROM orders o WHERE o.order_id = ANY($1)";
 
 /// The default hold and events on: what the consumer runs with unless configured.
 pub const DEFAULT_LIFECYCLE: LifecycleSettings = LifecycleSettings { default_hold_seconds: 900, events: true };
@@ -189,7 +193,7 @@ impl WorkerPool {
     }
 }
 
-async fn locate(pool: &Pool, order_ids: &[Uuid]) -> Result<HashMap<Uuid, String>, ReserveError> {
+async fn locate(pool: &Pool, order_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<String>>, ReserveError> {
     let client = pool.get().await?;
     let query = client.prepare_cached(LOCATE_ORDERS).await?;
     Ok(client.query(&query, &[&order_ids]).await?.iter().map(|row| (row.get(0), row.get(1))).collect())
@@ -234,78 +238,73 @@ fn unique(messages: &[Inbound]) -> (Vec<Item<'_>>, u64) {
     (items, dropped)
 }
 
-/// Splits the batch into parts by product (see `split_by_product`) and orders each part's
-/// steps: batch order, except that a command whose order comes later in the batch (another
-/// partition: Kafka orders nothing across partitions) goes right after that order, so a
-/// command is never applied before the placement it acts on. Commands whose order is neither
-/// in the batch nor in `located` come back apart, to be parked.
-fn plan<'a>(items: &[Item<'a>], located: &'a HashMap<Uuid, String>, parts: usize) -> (Vec<Part<'a>>, Vec<&'a ValidCommand>) {
-    let placed: HashMap<Uuid, (usize, &'a str)> = items
+/// The products a step touches: a placement's lines, or those of the order a command acts on
+/// (from the batch, or located in the database).
+#[derive(Debug, Clone, Copy)]
+enum Products<'a> {
+    Lines(&'a [Line]),
+    Located(&'a [String]),
+}
+
+impl<'a> Products<'a> {
+    fn iter(self) -> impl Iterator<Item = &'a str> {
+        let (lines, located) = match self {
+            Self::Lines(lines) => (lines, &[][..]),
+            Self::Located(located) => (&[][..], located),
+        };
+        lines.iter().map(|line| line.product_id.as_str()).chain(located.iter().map(String::as_str))
+    }
+}
+
+/// Splits the batch into parts by product (`split::split`: a cart's products, and a cart
+/// command's, stay in one part) and orders each part's steps: batch order, except that a
+/// command whose order comes later in the batch (another partition: Kafka orders nothing
+/// across partitions) goes right after that order, so a command is never applied before the
+/// placement it acts on. A command acts on every product of its order, so a command for a
+/// cart locks all of the cart's products. Commands whose order is neither in the batch nor
+/// in `located` come back apart, to be parked.
+fn plan<'a>(items: &[Item<'a>], located: &'a HashMap<Uuid, Vec<String>>, parts: usize) -> (Vec<Part<'a>>, Vec<&'a ValidCommand>) {
+    let placed: HashMap<Uuid, (usize, &'a [Line])> = items
         .iter()
         .enumerate()
         .filter_map(|(index, item)| match item {
-            Item::Place(order) => Some((order.order_id, (index, order.product_id.as_str()))),
+            Item::Place(order) => Some((order.order_id, (index, order.lines()))),
             Item::Command(_) => None,
         })
         .collect();
-    let mut sequence: Vec<(&'a str, Step<'a>)> = Vec::with_capacity(items.len());
+    let mut sequence: Vec<(Products<'a>, Step<'a>)> = Vec::with_capacity(items.len());
     let mut deferred: HashMap<Uuid, Vec<&'a ValidCommand>> = HashMap::new();
     let mut parked = Vec::new();
     for (index, item) in items.iter().enumerate() {
         match *item {
             Item::Place(order) => {
-                sequence.push((order.product_id.as_str(), Step::Place(order)));
+                let products = Products::Lines(order.lines());
+                sequence.push((products, Step::Place(order)));
                 for command in deferred.remove(&order.order_id).into_iter().flatten() {
-                    sequence.push((order.product_id.as_str(), Step::Command { command, parked: false }));
+                    sequence.push((products, Step::Command { command, parked: false }));
                 }
             }
             Item::Command(command) => match placed.get(&command.order_id) {
                 Some(&(at, _)) if at > index => deferred.entry(command.order_id).or_default().push(command),
-                Some(&(_, product)) => sequence.push((product, Step::Command { command, parked: false })),
+                Some(&(_, lines)) => sequence.push((Products::Lines(lines), Step::Command { command, parked: false })),
                 None => match located.get(&command.order_id) {
-                    Some(product) => sequence.push((product.as_str(), Step::Command { command, parked: false })),
+                    Some(products) => sequence.push((Products::Located(products), Step::Command { command, parked: false })),
                     None => parked.push(command),
                 },
             },
         }
     }
     debug_assert!(deferred.is_empty(), "every deferred command follows its placement");
-    let parts = split_by_product(&sequence, parts)
+    let parts = crate::split::split(&sequence, parts, |(products, _)| products.iter())
         .into_iter()
         .map(|group| {
-            let mut products: Vec<&'a str> = group.iter().map(|(product, _)| *product).collect();
+            let mut products: Vec<&'a str> = group.iter().flat_map(|(products, _)| products.iter()).collect();
             products.sort_unstable();
             products.dedup();
             Part { steps: group.into_iter().map(|(_, step)| step).collect(), products }
         })
         .collect();
     (parts, parked)
-}
-
-/// Splits into at most `parts` groups by product, keeping order inside each group.
-/// Products go, busiest first, to the group with the fewest items so far: a flash sale has
-/// a handful of hot products, and a hash would often leave one worker with twice the work
-/// of another while the batch waits for the slowest.
-fn split_by_product<'a, T: Copy>(items: &[(&'a str, T)], parts: usize) -> Vec<Vec<(&'a str, T)>> {
-    let mut per_product: HashMap<&str, usize> = HashMap::new();
-    for (product, _) in items {
-        *per_product.entry(product).or_default() += 1;
-    }
-    let mut busiest_first: Vec<(&str, usize)> = per_product.into_iter().collect();
-    busiest_first.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let mut load = vec![0_usize; parts];
-    let mut group_of: HashMap<&str, usize> = HashMap::with_capacity(busiest_first.len());
-    for (product, count) in busiest_first {
-        let lightest = (0..parts).min_by_key(|&group| load[group]).unwrap_or(0);
-        load[lightest] += count;
-        group_of.insert(product, lightest);
-    }
-    let mut groups: Vec<Vec<(&'a str, T)>> = load.iter().map(|&n| Vec::with_capacity(n)).collect();
-    for item in items {
-        groups[group_of[item.0]].push(*item);
-    }
-    groups.retain(|group| !group.is_empty());
-    groups
 }
 
 /// Exponential backoff with full jitter: spreads retries of competing consumers apart.
@@ -319,51 +318,16 @@ mod tests {
     use super::*;
     use chrono::Utc;
     use orderflow_common::command::CommandKind;
+    use orderflow_common::order::Lines;
 
     fn order(product: &str) -> ValidOrder {
         ValidOrder {
             order_id: Uuid::now_v7(),
             customer_id: "C".into(),
-            product_id: product.into(),
-            quantity: 1,
-            amount_cents: 100,
+            lines: Lines::One(Line { product_id: product.into(), quantity: 1, amount_cents: 100 }),
             placed_at: Utc::now(),
             hold_seconds: None,
         }
-    }
-
-    fn keyed(orders: &[ValidOrder]) -> Vec<(&str, &ValidOrder)> {
-        orders.iter().map(|o| (o.product_id.as_str(), o)).collect()
-    }
-
-    #[test]
-    fn a_product_never_spans_two_parts_and_order_is_kept() {
-        let orders: Vec<ValidOrder> = (0..200).map(|i| order(&format!("P{}", i % 13))).collect();
-        let parts = split_by_product(&keyed(&orders), 4);
-        assert!(parts.len() <= 4);
-        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 200);
-        let mut owner = std::collections::HashMap::new();
-        for (index, part) in parts.iter().enumerate() {
-            for (_, order) in part {
-                assert_eq!(*owner.entry(order.product_id.clone()).or_insert(index), index);
-            }
-            // UUIDv7 made in sequence sort in creation order, which is offset order here.
-            assert!(part.windows(2).all(|w| w[0].1.order_id < w[1].1.order_id));
-        }
-    }
-
-    #[test]
-    fn hot_products_are_spread_evenly_over_the_parts() {
-        // Ten equally hot products over four parts: no part may get more than three.
-        let orders: Vec<ValidOrder> = (0..1000).map(|i| order(&format!("PROD{:03}", i % 10))).collect();
-        let sizes: Vec<usize> = split_by_product(&keyed(&orders), 4).iter().map(Vec::len).collect();
-        assert_eq!(sizes.len(), 4);
-        assert!(sizes.iter().all(|&n| (200..=300).contains(&n)), "{sizes:?}");
-        // One product that dominates gets a part to itself.
-        let mut skewed: Vec<ValidOrder> = (0..900).map(|_| order("HOT")).collect();
-        skewed.extend((0..100).map(|i| order(&format!("COLD{i}"))));
-        let parts = split_by_product(&keyed(&skewed), 4);
-        assert!(parts.iter().any(|part| part.len() == 900 && part.iter().all(|(_, o)| o.product_id == "HOT")));
     }
 
     #[test]
@@ -410,7 +374,7 @@ mod tests {
             Item::Command(&stranger),
             Item::Place(&b),
         ];
-        let located: HashMap<Uuid, String> = [(elsewhere.order_id, "A".to_owned())].into();
+        let located: HashMap<Uuid, Vec<String>> = [(elsewhere.order_id, vec!["A".to_owned()])].into();
         let (parts, parked) = plan(&items, &located, 4);
         assert_eq!(parked.len(), 1);
         assert_eq!(parked[0].command_id, stranger.command_id);

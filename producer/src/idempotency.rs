@@ -16,7 +16,7 @@ use tokio_postgres::types::Json;
 
 use orderflow_common::acked::Outgoing;
 use orderflow_common::command::OrderCommand;
-use orderflow_common::order::{NewOrder, PlacedOrder};
+use orderflow_common::order::{Line, Lines, NewOrder, PlacedOrder};
 
 use orderflow_common::errors::Chain;
 
@@ -135,16 +135,34 @@ pub fn invalid_key() -> ApiError {
 }
 
 /// The request's identity: route plus the validated orders (so whitespace and field order
-/// in the JSON do not matter).
+/// in the JSON do not matter). A single-line order hashes exactly as it did before carts, so
+/// keys stored by an older producer still match their retries. A cart is marked by a 0x01
+/// byte, which no product id can start with (ids have no control characters), then its line
+/// count and lines.
 fn request_hash(route: &str, orders: &[NewOrder]) -> Vec<u8> {
     let mut hasher = Sha256::new();
     hasher.update(route.as_bytes());
-    for order in orders {
-        for part in [order.customer_id.as_bytes(), b"\0", order.product_id.as_bytes(), b"\0"] {
+    let line = |hasher: &mut Sha256, line: &Line| {
+        for part in [line.product_id.as_bytes(), b"\0"] {
             hasher.update(part);
         }
-        hasher.update(order.quantity.to_le_bytes());
-        hasher.update(order.amount_cents.to_le_bytes());
+        hasher.update(line.quantity.to_le_bytes());
+        hasher.update(line.amount_cents.to_le_bytes());
+    };
+    for order in orders {
+        for part in [order.customer_id.as_bytes(), b"\0"] {
+            hasher.update(part);
+        }
+        match &order.lines {
+            Lines::One(one) => line(&mut hasher, one),
+            Lines::Cart(lines) => {
+                hasher.update([1_u8]);
+                hasher.update((lines.len() as u32).to_le_bytes());
+                for each in lines {
+                    line(&mut hasher, each);
+                }
+            }
+        }
         // Only when present: keys stored before holds existed keep their hashes.
         if let Some(hold) = order.hold_seconds {
             hasher.update(b"hold");
@@ -152,6 +170,40 @@ fn request_hash(route: &str, orders: &[NewOrder]) -> Vec<u8> {
         }
     }
     hasher.finalize().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_line_order_hashes_as_before_carts_and_a_cart_differs() {
+        // The hash of this order as the producer computed it before carts existed.
+        let mut before = Sha256::new();
+        for part in [b"/order".as_slice(), b"C1", b"\0", b"P1", b"\0"] {
+            before.update(part);
+        }
+        before.update(3_i32.to_le_bytes());
+        before.update(1050_i64.to_le_bytes());
+        let single = NewOrder::single("C1", "P1", 3, 1050);
+        assert_eq!(request_hash("/order", std::slice::from_ref(&single)), before.finalize().to_vec());
+
+        let line = |p: &str| Line { product_id: p.into(), quantity: 3, amount_cents: 1050 };
+        let cart = NewOrder { customer_id: "C1".into(), lines: Lines::Cart(vec![line("P1"), line("P2")]), hold_seconds: None };
+        let swapped = NewOrder { customer_id: "C1".into(), lines: Lines::Cart(vec![line("P2"), line("P1")]), hold_seconds: None };
+        let two_orders = [NewOrder::single("C1", "P1", 3, 1050), NewOrder::single("C1", "P2", 3, 1050)];
+        let hashes = [
+            request_hash("/order", &[single]),
+            request_hash("/order", &[cart]),
+            request_hash("/order", &[swapped]),
+            request_hash("/order", &two_orders),
+        ];
+        for i in 0..hashes.len() {
+            for j in i + 1..hashes.len() {
+                assert_ne!(hashes[i], hashes[j], "{i} and {j}");
+            }
+        }
+    }
 }
 
 /// Deletes keys older than `ttl`, every hour. A retry after that creates new orders.

@@ -29,11 +29,20 @@ impl Modify for BearerAuth {
     }
 }
 
-/// An order to place.
+/// An order to place: today's single-line shape, or a cart (`lines`). Not both.
+#[derive(serde::Deserialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum OrderRequest {
+    SingleLine(SingleLineOrder),
+    Cart(CartOrder),
+}
+
+/// One product line.
 #[derive(serde::Deserialize, ToSchema)]
 #[allow(dead_code)]
 #[serde(deny_unknown_fields)]
-pub struct OrderRequest {
+pub struct SingleLineOrder {
     /// 1 to 64 characters, no control characters.
     #[schema(min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f\ud800-\udfff]+$", example = "CUST001")]
     customer_id: String,
@@ -61,6 +70,32 @@ pub struct CommandRequest {
     customer_id: Option<String>,
 }
 
+/// A cart: reserved all or nothing. Each product at most once (a repeat is a 400 naming
+/// `lines[i].product_id`). A cart of one line is stored as a single-line order.
+#[derive(serde::Deserialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct CartOrder {
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f\ud800-\udfff]+$", example = "CUST001")]
+    customer_id: String,
+    /// 1 to 50 lines.
+    #[schema(min_items = 1, max_items = 50)]
+    lines: Vec<OrderLine>,
+}
+
+#[derive(serde::Deserialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLine {
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f\ud800-\udfff]+$", example = "PROD001")]
+    product_id: String,
+    #[schema(minimum = 1, maximum = 10000, example = 1)]
+    quantity: i64,
+    /// At most 2 decimals.
+    #[schema(minimum = 0, maximum = 9999999999.99, multiple_of = 0.01, example = 19.99)]
+    amount: f64,
+}
+
 /// 1 to 5000 orders (the derive cannot put item bounds on a newtype, so this is by hand).
 pub struct OrderBatch;
 
@@ -78,6 +113,7 @@ impl utoipa::PartialSchema for OrderBatch {
 impl ToSchema for OrderBatch {
     fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
         schemas.push(("OrderRequest".into(), <OrderRequest as utoipa::PartialSchema>::schema()));
+        <OrderRequest as ToSchema>::schemas(schemas);
     }
 }
 

@@ -1,0 +1,238 @@
+//! Splitting a batch among the workers: pure, in memory. Each part is one transaction, so
+//! every product, and every cart with all its products, must be in exactly one part: the
+//! workers of one consumer then never wait for each other's row locks, and a cart is
+//! reserved all or nothing in one transaction.
+//!
+//! The products of the batch are the nodes of a graph, and each cart links its products.
+//! Its connected components (union-find) are what may not be cut. They go, busiest first,
+//! to the part with the fewest order lines so far: a flash sale has a handful of hot
+//! products, and a hash would often leave one worker with twice the work of another while
+//! the batch waits for the slowest. Without carts every component is one product, and this
+//! is the per-product split the consumer always did.
+
+use std::collections::HashMap;
+
+/// Splits `orders` into at most `parts` groups, keeping their order inside each group.
+/// `products(order)` gives the products an order (a placement, or a command acting on one)
+/// touches; an order with several links them.
+pub fn split<'a, T, P, I>(orders: &[T], parts: usize, products: P) -> Vec<Vec<T>>
+where
+    T: Copy,
+    P: Fn(T) -> I,
+    I: Iterator<Item = &'a str>,
+{
+    let parts = parts.max(1);
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut names: Vec<&str> = Vec::new();
+    let mut weight: Vec<usize> = Vec::new();
+    let mut components = UnionFind::default();
+    for order in orders {
+        let mut first = None;
+        for product in products(*order) {
+            let node = *index.entry(product).or_insert_with(|| {
+                names.push(product);
+                weight.push(0);
+                components.add()
+            });
+            weight[node] += 1;
+            match first {
+                None => first = Some(node),
+                Some(first) => components.union(first, node),
+            }
+        }
+    }
+
+    // Each component's weight (its order lines) and its smallest product id, for a stable
+    // tie-break: the same batch always splits the same way. Indexed by node, not hashed: this
+    // runs for every batch, on the flash-sale path too.
+    let mut per_root: Vec<Option<(usize, &str)>> = vec![None; names.len()];
+    for node in 0..names.len() {
+        let entry = per_root[components.find(node)].get_or_insert((0, names[node]));
+        entry.0 += weight[node];
+        entry.1 = entry.1.min(names[node]);
+    }
+    let mut busiest_first: Vec<(usize, usize, &str)> =
+        per_root.iter().enumerate().filter_map(|(root, found)| found.map(|(w, name)| (root, w, name))).collect();
+    busiest_first.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(b.2)));
+    let mut load = vec![0_usize; parts];
+    let mut part_of_root = vec![0_usize; names.len()];
+    for (root, w, _) in busiest_first {
+        let lightest = (0..parts).min_by_key(|&part| load[part]).unwrap_or(0);
+        load[lightest] += w;
+        part_of_root[root] = lightest;
+    }
+
+    let mut groups: Vec<Vec<T>> = (0..parts).map(|_| Vec::new()).collect();
+    for order in orders {
+        // An order with no lines cannot exist (validation); it would go to part 0.
+        let part = products(*order).next().map_or(0, |product| part_of_root[components.find(index[product])]);
+        groups[part].push(*order);
+    }
+    groups.retain(|group| !group.is_empty());
+    groups
+}
+
+/// Disjoint sets over 0..n with path halving and union by size.
+#[derive(Debug, Default)]
+struct UnionFind {
+    parent: Vec<usize>,
+    size: Vec<usize>,
+}
+
+impl UnionFind {
+    fn add(&mut self) -> usize {
+        self.parent.push(self.parent.len());
+        self.size.push(1);
+        self.parent.len() - 1
+    }
+
+    fn find(&mut self, mut node: usize) -> usize {
+        while self.parent[node] != node {
+            self.parent[node] = self.parent[self.parent[node]];
+            node = self.parent[node];
+        }
+        node
+    }
+
+    fn union(&mut self, a: usize, b: usize) {
+        let (mut a, mut b) = (self.find(a), self.find(b));
+        if a == b {
+            return;
+        }
+        if self.size[a] < self.size[b] {
+            std::mem::swap(&mut a, &mut b);
+        }
+        self.parent[b] = a;
+        self.size[a] += self.size[b];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use orderflow_common::order::Line;
+
+    use super::*;
+
+    /// An order as a list of products, numbered in arrival order.
+    struct Order {
+        seq: usize,
+        lines: Vec<Line>,
+    }
+
+    fn order(seq: usize, products: &[&str]) -> Order {
+        let lines = products.iter().map(|p| Line { product_id: (*p).to_owned(), quantity: 1, amount_cents: 1 }).collect();
+        Order { seq, lines }
+    }
+
+    fn run<'a>(orders: &'a [Order], parts: usize) -> Vec<Vec<&'a Order>> {
+        let refs: Vec<&Order> = orders.iter().collect();
+        split(&refs, parts, |o: &Order| o.lines.iter().map(|line| line.product_id.as_str()))
+    }
+
+    /// Every order once; order kept in each part; no product in two parts.
+    fn check(orders: &[Order], parts: &[Vec<&Order>], max_parts: usize) {
+        assert!(parts.len() <= max_parts);
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), orders.len());
+        let mut owner: HashMap<&str, usize> = HashMap::new();
+        for (index, part) in parts.iter().enumerate() {
+            assert!(part.windows(2).all(|w| w[0].seq < w[1].seq), "offset order kept");
+            for order in part {
+                for line in &order.lines {
+                    assert_eq!(*owner.entry(&line.product_id).or_insert(index), index, "{} in two parts", line.product_id);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_product_never_spans_two_parts_and_order_is_kept() {
+        let orders: Vec<Order> = (0..200).map(|i| order(i, &[&format!("P{}", i % 13)])).collect();
+        check(&orders, &run(&orders, 4), 4);
+    }
+
+    #[test]
+    fn hot_products_are_spread_evenly_over_the_parts() {
+        // Ten equally hot products over four parts: no part may get more than three.
+        let orders: Vec<Order> = (0..1000).map(|i| order(i, &[&format!("PROD{:03}", i % 10)])).collect();
+        let sizes: Vec<usize> = run(&orders, 4).iter().map(Vec::len).collect();
+        assert_eq!(sizes.len(), 4);
+        assert!(sizes.iter().all(|&n| (200..=300).contains(&n)), "{sizes:?}");
+        // One product that dominates gets a part to itself.
+        let mut skewed: Vec<Order> = (0..900).map(|i| order(i, &["HOT"])).collect();
+        skewed.extend((0..100).map(|i| order(900 + i, &[&format!("COLD{i}")])));
+        let parts = run(&skewed, 4);
+        assert!(parts.iter().any(|part| part.len() == 900 && part.iter().all(|o| o.lines[0].product_id == "HOT")));
+    }
+
+    #[test]
+    fn a_cart_pulls_its_products_and_their_other_orders_into_one_part() {
+        // A and C are linked by one cart, C and E by another: A, C, E and every order for them
+        // form one component. B and D stay free.
+        let orders = vec![
+            order(0, &["A"]),
+            order(1, &["B"]),
+            order(2, &["C", "A"]),
+            order(3, &["D"]),
+            order(4, &["E"]),
+            order(5, &["E", "C"]),
+            order(6, &["A"]),
+            order(7, &["B"]),
+        ];
+        let parts = run(&orders, 4);
+        check(&orders, &parts, 4);
+        let linked = parts.iter().find(|part| part.iter().any(|o| o.seq == 2)).unwrap();
+        let seqs: Vec<usize> = linked.iter().map(|o| o.seq).collect();
+        assert_eq!(seqs, [0, 2, 4, 5, 6], "the component, in arrival order");
+        assert_eq!(parts.len(), 3, "the component, B, and D each in a part");
+    }
+
+    #[test]
+    fn components_never_span_parts_in_a_random_mix() {
+        // A deterministic pseudo-random mix of carts (1 to 5 lines) and single-line orders
+        // over a catalogue with a few hot products.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n) as usize
+        };
+        for parts in 1..=6 {
+            let orders: Vec<Order> = (0..500)
+                .map(|seq| {
+                    let count = 1 + next(5);
+                    let mut products: Vec<String> = Vec::new();
+                    while products.len() < count {
+                        let product = if next(2) == 0 { format!("HOT{}", next(4)) } else { format!("COLD{}", next(400)) };
+                        if !products.contains(&product) {
+                            products.push(product);
+                        }
+                    }
+                    let names: Vec<&str> = products.iter().map(String::as_str).collect();
+                    order(seq, &names)
+                })
+                .collect();
+            let split = run(&orders, parts);
+            check(&orders, &split, parts);
+            // Within a part, each cart's products are also in no other part: checked above per
+            // product; and the same input splits the same way every time.
+            let again: Vec<Vec<usize>> = run(&orders, parts).iter().map(|p| p.iter().map(|o| o.seq).collect()).collect();
+            let first: Vec<Vec<usize>> = split.iter().map(|p| p.iter().map(|o| o.seq).collect()).collect();
+            assert_eq!(first, again);
+        }
+    }
+
+    #[test]
+    fn union_find_joins_transitively() {
+        let mut sets = UnionFind::default();
+        let nodes: Vec<usize> = (0..6).map(|_| sets.add()).collect();
+        sets.union(nodes[0], nodes[1]);
+        sets.union(nodes[2], nodes[3]);
+        sets.union(nodes[1], nodes[3]);
+        assert_eq!(sets.find(0), sets.find(2));
+        assert_ne!(sets.find(0), sets.find(4));
+        assert_ne!(sets.find(4), sets.find(5));
+    }
+}
