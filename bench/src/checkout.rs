@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn every_order_asks_for_the_short_hold() {
-        let order = Order { customer_id: "C".into(), product_id: "P".into(), quantity: 1, amount: 1.0 };
+        let order = Order { customer_id: "C".into(), lines: vec![crate::workload::OrderLine { product_id: "P".into(), quantity: 1, amount: 1.0 }] };
         let bodies = bodies(&[order.clone(), order], 2);
         let parsed: Value = serde_json::from_str(&bodies[0].1).unwrap();
         assert!(parsed.as_array().unwrap().iter().all(|o| o["hold_seconds"] == HOLD_SECONDS));

@@ -297,9 +297,12 @@ async fn run_workload(
     let outcome = measure::outcome(pool, &products).await?;
     let checks = measure::checks(pool, &result.accepted, &stock).await?;
     eprintln!("{name}: {:.0} accepted/s, {:.0} end-to-end/s, p99 {:.0} ms", result.accepted_per_second(), outcome.end_to_end_per_second, outcome.latency.p99_ms);
+    let lines = orders.iter().map(|order| order.lines.len()).sum::<usize>();
     Ok(Run {
         name,
         orders: orders.len(),
+        lines,
+        lines_per_second: outcome.end_to_end_per_second * lines as f64 / orders.len().max(1) as f64,
         batch_size: load.batch_size,
         clients: load.clients,
         offered_rate: load.rate,

@@ -1,6 +1,10 @@
 //! What the database says about a run: when every accepted order was finalized, the
 //! accept-to-finalized latencies, throughput per second, and the correctness checks.
 //!
+//! A run's orders are its single-line orders (`orders.product_id` among its products) and its
+//! carts (a line in `order_lines` for one of its products; a cart's own product_id is NULL).
+//! `run_orders` gives both; without carts its second half finds nothing through an index.
+//!
 //! A run's orders are the orders of the run's own products: every run creates products named
 //! `BENCH-<run id>-<step>-...` that exist nowhere else (`create_stock` refuses a product that
 //! already exists). Every query here is scoped by those product ids, so orders and stock that
@@ -66,9 +70,25 @@ pub async fn refresh_planner_statistics(pool: &Pool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The run's orders (`$1` = its products) as a FROM item with the given columns of `orders`:
+/// single-line orders by product, then carts with a line for one of them. A cart's row has
+/// a NULL product_id, so no order is in both halves.
+fn run_orders(columns: &str) -> String {
+    format!(
+        "(SELECT {columns} FROM orders WHERE product_id = ANY($1) \
+          UNION ALL \
+          SELECT {columns} FROM orders WHERE order_id IN (SELECT order_id FROM order_lines WHERE product_id = ANY($1)))"
+    )
+}
+
+/// Counts the run's orders. Two counts rather than `run_orders`: the bench polls this every
+/// second during the run, and on the flash-sale path it must cost what it always did.
+const COUNT_RUN: &str = "SELECT (SELECT count(*) FROM orders WHERE product_id = ANY($1)) \
+     + (SELECT count(DISTINCT order_id) FROM order_lines WHERE product_id = ANY($1))";
+
 /// Orders of the run's `products` in the database.
 pub async fn count(pool: &Pool, products: &[String]) -> anyhow::Result<i64> {
-    let row = pool.get().await?.query_one("SELECT count(*) FROM orders WHERE product_id = ANY($1)", &[&products]).await?;
+    let row = pool.get().await?.query_one(COUNT_RUN, &[&products]).await?;
     Ok(row.get(0))
 }
 
@@ -87,7 +107,7 @@ pub async fn wait_finalized(pool: &Pool, products: &[String], expected: i64, tim
     loop {
         // Tolerates a restarting database (chaos runs): an error is just another poll.
         match pool.get().await {
-            Ok(client) => match client.query_one("SELECT count(*) FROM orders WHERE product_id = ANY($1)", &[&products]).await {
+            Ok(client) => match client.query_one(COUNT_RUN, &[&products]).await {
                 Ok(row) => count = row.get(0),
                 Err(error) => eprintln!("poll failed: {error}"),
             },
@@ -105,13 +125,16 @@ pub async fn outcome(pool: &Pool, products: &[String]) -> anyhow::Result<Outcome
     let client = pool.get().await?;
     let row = client
         .query_one(
-            "SELECT count(*), count(*) FILTER (WHERE status = 'reserved'), \
+            &format!(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'reserved'), \
                     coalesce(extract(epoch FROM max(processed_at) - min(created_at))::float8, 0), \
                     coalesce(percentile_cont(0.50) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at)::float8), 0), \
                     coalesce(percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at)::float8), 0), \
                     coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - created_at)::float8), 0), \
                     coalesce(max(extract(epoch FROM processed_at - created_at))::float8, 0) \
-             FROM orders WHERE product_id = ANY($1)",
+                 FROM {} AS run",
+                run_orders("status, created_at, processed_at")
+            ),
             &[&products],
         )
         .await?;
@@ -122,9 +145,12 @@ pub async fn outcome(pool: &Pool, products: &[String]) -> anyhow::Result<Outcome
             // The start as a scalar subquery: evaluated once whatever the estimates. As a CTE
             // joined to the run, stale statistics (no rows for products that did not exist at
             // the last ANALYZE) made it a nested loop over 200k x 200k rows.
-            "SELECT floor(extract(epoch FROM processed_at - \
-                        (SELECT min(created_at) FROM orders WHERE product_id = ANY($1))) * 10)::int8 AS bin, count(*) \
-             FROM orders WHERE product_id = ANY($1) GROUP BY 1 ORDER BY 1",
+            &format!(
+                "SELECT floor(extract(epoch FROM processed_at - (SELECT min(created_at) FROM {} AS first)) * 10)::int8 AS bin, count(*) \
+                 FROM {} AS run GROUP BY 1 ORDER BY 1",
+                run_orders("created_at"),
+                run_orders("processed_at")
+            ),
             &[&products],
         )
         .await?
@@ -174,15 +200,16 @@ pub async fn checks(pool: &Pool, accepted: &[Uuid], stock: &[(String, i64)]) -> 
     for chunk in accepted.chunks(50_000) {
         let ids = chunk.to_vec();
         present += client
-            .query_one("SELECT count(*) FROM orders WHERE order_id = ANY($1) AND product_id = ANY($2)", &[&ids, &products])
+            .query_one(&format!("SELECT count(*) FROM {} AS run WHERE order_id = ANY($2)", run_orders("order_id")), &[&products, &ids])
             .await?
             .get::<_, i64>(0);
     }
-    let in_run: i64 = client.query_one("SELECT count(*) FROM orders WHERE product_id = ANY($1)", &[&products]).await?.get(0);
+    let in_run: i64 = client.query_one(COUNT_RUN, &[&products]).await?.get(0);
+    // Per product, the lines of reserved orders, carts included (the order_items view).
     let row = client
         .query_one(
             "WITH s AS (SELECT * FROM unnest($1::text[], $2::int8[]) AS s(product_id, stock)), \
-                  r AS (SELECT product_id, sum(quantity)::int8 AS units FROM orders \
+                  r AS (SELECT product_id, sum(quantity)::int8 AS units FROM order_items \
                         WHERE product_id = ANY($1) AND status = 'reserved' GROUP BY product_id) \
              SELECT coalesce(sum(greatest(coalesce(r.units, 0) - s.stock, 0)), 0)::int8, \
                     count(*) FILTER (WHERE i.available_quantity < 0 OR i.reserved_quantity < 0 \
@@ -233,7 +260,11 @@ pub async fn create_stock(pool: &Pool, stock: &[(String, i64)]) -> anyhow::Resul
 pub async fn remove(pool: &Pool, products: &[String]) -> anyhow::Result<(u64, u64)> {
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
-    let orders = transaction.execute("DELETE FROM orders WHERE product_id = ANY($1)", &[&products]).await?;
+    // Carts first (their lines go with them), then single-line orders.
+    let carts = transaction
+        .execute("DELETE FROM orders WHERE order_id IN (SELECT order_id FROM order_lines WHERE product_id = ANY($1))", &[&products])
+        .await?;
+    let orders = carts + transaction.execute("DELETE FROM orders WHERE product_id = ANY($1)", &[&products]).await?;
     let inventory = transaction.execute("DELETE FROM inventory WHERE product_id = ANY($1)", &[&products]).await?;
     transaction.commit().await?;
     Ok((orders, inventory))
@@ -295,7 +326,7 @@ mod tests {
                      INSERT INTO orders (order_id, customer_id, product_id, quantity, amount, status, reason, created_at) \
                      SELECT $1, $4, $2, $3, 1, CASE WHEN EXISTS (SELECT 1 FROM r) THEN 'reserved' ELSE 'rejected' END, \
                             CASE WHEN EXISTS (SELECT 1 FROM r) THEN NULL ELSE 'insufficient_stock' END, now() - interval '10 ms'",
-                    &[&id, &order.product_id, &order.quantity, &order.customer_id],
+                    &[&id, &order.single().product_id, &order.single().quantity, &order.customer_id],
                 )
                 .await
                 .expect("apply an order");
@@ -326,8 +357,24 @@ mod tests {
             .expect("a stray order");
         assert_eq!(checks_unexpected(&pool, &accepted, &stock).await, 1);
 
+        // A cart is the run's if one of its lines is: counted once, and removed with its lines.
+        let cart = Uuid::now_v7();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO orders (order_id, customer_id, line_count, status, reason, created_at) \
+                 VALUES ('{cart}', 'X', 2, 'rejected', 'insufficient_stock', now()); \
+                 INSERT INTO order_lines (order_id, line_no, product_id, quantity, amount, problem) VALUES \
+                 ('{cart}', 1, '{}', 1, 1, 'insufficient_stock'), ('{cart}', 2, '{}', 1, 1, NULL)",
+                ours[0], ours[1]
+            ))
+            .await
+            .expect("a cart");
+        assert_eq!(count(&pool, &ours).await.expect("count"), n + 2);
+        assert_eq!(checks_unexpected(&pool, &accepted, &stock).await, 2);
+        assert_eq!(super::outcome(&pool, &ours).await.expect("outcome").finalized, n + 2);
+
         let (deleted_orders, deleted_products) = remove(&pool, &ours).await.expect("remove");
-        assert_eq!((deleted_orders, deleted_products), (orders.len() as u64 + 1, stock.len() as u64));
+        assert_eq!((deleted_orders, deleted_products), (orders.len() as u64 + 2, stock.len() as u64));
         let after: (Vec<String>, Vec<String>) = client.query_one(snapshot, &[]).await.map(|row| (row.get(0), row.get(1))).expect("snapshot");
         assert_eq!(before, after, "the run changed rows it did not create");
     }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use orderflow_common::command::Inbound;
-use orderflow_common::order::ValidOrder;
+use orderflow_common::order::{Line, Lines, ValidOrder};
 use orderflow_consumer::stats::Stats;
 use orderflow_consumer::worker_pool::WorkerPool;
 
@@ -56,10 +56,11 @@ async fn place_one(client: &mut deadpool_postgres::Object, order: &Order, order_
     let lock = transaction
         .prepare_cached("SELECT available_quantity FROM inventory WHERE product_id = $1 FOR UPDATE NOWAIT")
         .await?;
-    let available: Option<i64> = transaction.query_opt(&lock, &[&order.product_id]).await?.map(|row| row.get(0));
+    let line = order.single();
+    let available: Option<i64> = transaction.query_opt(&lock, &[&line.product_id]).await?.map(|row| row.get(0));
     let (status, reason) = match available {
         None => ("rejected", Some("unknown_product")),
-        Some(available) if available < order.quantity => ("rejected", Some("insufficient_stock")),
+        Some(available) if available < line.quantity => ("rejected", Some("insufficient_stock")),
         Some(_) => {
             let update = transaction
                 .prepare_cached(
@@ -67,7 +68,7 @@ async fn place_one(client: &mut deadpool_postgres::Object, order: &Order, order_
                      reserved_quantity = reserved_quantity + $2, updated_at = now() WHERE product_id = $1",
                 )
                 .await?;
-            transaction.execute(&update, &[&order.product_id, &order.quantity]).await?;
+            transaction.execute(&update, &[&line.product_id, &line.quantity]).await?;
             ("reserved", None)
         }
     };
@@ -77,9 +78,9 @@ async fn place_one(client: &mut deadpool_postgres::Object, order: &Order, order_
              VALUES ($1, $2, $3, $4, ($5::float8)::numeric(12, 2), $6, $7, clock_timestamp(), clock_timestamp())",
         )
         .await?;
-    let quantity = order.quantity as i32;
+    let quantity = line.quantity as i32;
     transaction
-        .execute(&insert, &[&order_id, &order.customer_id, &order.product_id, &quantity, &order.amount, &status, &reason])
+        .execute(&insert, &[&order_id, &order.customer_id, &line.product_id, &quantity, &line.amount, &status, &reason])
         .await?;
     transaction.commit().await
 }
@@ -95,12 +96,12 @@ pub async fn set_based(pool: &Pool, orders: &[Order], chunk: usize, workers: usi
         let batch: Vec<Inbound> = chunk
             .iter()
             .map(|order| {
+                let line = order.single();
+                let line = Line { product_id: line.product_id.clone(), quantity: line.quantity as i32, amount_cents: (line.amount * 100.0).round() as i64 };
                 Inbound::Order(ValidOrder {
                     order_id: Uuid::now_v7(),
                     customer_id: order.customer_id.clone(),
-                    product_id: order.product_id.clone(),
-                    quantity: order.quantity as i32,
-                    amount_cents: (order.amount * 100.0).round() as i64,
+                    lines: Lines::One(line),
                     placed_at: Utc::now(),
                     hold_seconds: None,
                 })

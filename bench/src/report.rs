@@ -29,6 +29,10 @@ pub struct Machine {
 pub struct Run {
     pub name: String,
     pub orders: usize,
+    /// Order lines: equal to `orders` for single-line workloads, about 3x for carts.
+    pub lines: usize,
+    /// Lines finalized per second end to end (orders/s times lines per order).
+    pub lines_per_second: f64,
     pub batch_size: usize,
     pub clients: usize,
     pub offered_rate: Option<f64>,
@@ -87,8 +91,9 @@ impl Report {
             .map(|run| {
                 let e2e = run.outcome.end_to_end_per_second;
                 let ratio = |reference: Option<f64>| reference.map_or("n/a".to_owned(), |r| format!("{:.2}x", e2e / r));
+                let lines = if run.lines == run.orders { String::new() } else { format!(" ({:.0} lines/s)", run.lines_per_second) };
                 format!(
-                    "{}: {:.0} orders/s end-to-end, {:.0}/s accepted, p99 {:.0} ms; vs per-order design {}, vs database ceiling {}; checks {}",
+                    "{}: {:.0} orders/s end-to-end{lines}, {:.0}/s accepted, p99 {:.0} ms; vs per-order design {}, vs database ceiling {}; checks {}",
                     run.name,
                     e2e,
                     run.accepted_per_second,
@@ -108,18 +113,20 @@ impl Report {
         let _ = writeln!(out, "Command: `{}`; products `BENCH-{}-*`\n", self.command, self.run_id);
         let _ = writeln!(
             out,
-            "| run | orders | accepted/s | end-to-end/s | p50 ms | p95 ms | p99 ms | max ms | reserved | rejected | producer RSS MiB | consumer RSS MiB | exactly once, no oversell |"
+            "| run | orders | lines | accepted/s | end-to-end/s | lines/s | p50 ms | p95 ms | p99 ms | max ms | reserved | rejected | producer RSS MiB | consumer RSS MiB | exactly once, no oversell |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for run in &self.runs {
             let o = &run.outcome;
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} | {} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} | {} |",
                 run.name,
                 run.orders,
+                run.lines,
                 run.accepted_per_second,
                 o.end_to_end_per_second,
+                run.lines_per_second,
                 o.latency.p50_ms,
                 o.latency.p95_ms,
                 o.latency.p99_ms,
@@ -134,7 +141,7 @@ impl Report {
         for reference in &self.references {
             let _ = writeln!(
                 out,
-                "| {} | {} | | {:.0} | | | | | | | | | {} |",
+                "| {} | {} | | | {:.0} | | | | | | | | | | {} |",
                 reference.name,
                 reference.orders,
                 reference.per_second,

@@ -33,14 +33,18 @@ pub struct BatchActivity {
 }
 
 impl BatchActivity {
-    pub fn new<'a>(orders: impl IntoIterator<Item = (&'a str, DateTime<Utc>)>) -> Self {
+    /// `orders`: each order's products (a cart counts once for each of its lines' products)
+    /// and when it was placed (its latency is counted once).
+    pub fn new<'a, P: IntoIterator<Item = &'a str>>(orders: impl IntoIterator<Item = (P, DateTime<Utc>)>) -> Self {
         let mut batch = Self::default();
-        for (product, placed_at) in orders {
-            // Few distinct products per batch: the lookup hits far more often than it inserts.
-            match batch.products.get_mut(product) {
-                Some(count) => *count += 1,
-                None => {
-                    batch.products.insert(product.to_owned(), 1);
+        for (products, placed_at) in orders {
+            for product in products {
+                // Few distinct products per batch: the lookup hits far more often than it inserts.
+                match batch.products.get_mut(product) {
+                    Some(count) => *count += 1,
+                    None => {
+                        batch.products.insert(product.to_owned(), 1);
+                    }
                 }
             }
             batch.placed.push(placed_at);
@@ -102,7 +106,7 @@ mod tests {
     fn an_interval_counts_products_latencies_and_batches_then_starts_over() {
         let activity = Activity::default();
         let now = Utc::now();
-        let batch = |orders: &[(&'static str, i64)]| BatchActivity::new(orders.iter().map(|(p, ms)| (*p, now - Duration::milliseconds(*ms))));
+        let batch = |orders: &[(&'static str, i64)]| BatchActivity::new(orders.iter().map(|(p, ms)| ([*p], now - Duration::milliseconds(*ms))));
         activity.record(batch(&[("HOT", 10), ("HOT", 20), ("COLD", 30)]), 3, now);
         activity.record(batch(&[("HOT", 1000), ("WARM", 40), ("WARM", 50)]), 4, now);
         let interval = activity.take();

@@ -201,7 +201,7 @@ impl Pipeline {
         // Orders only: a command names no product and has no placed_at (its order's
         // latency was counted when the order committed).
         let activity = BatchActivity::new(messages.iter().filter_map(|message| match message {
-            Inbound::Order(order) => Some((order.product_id.as_str(), order.placed_at)),
+            Inbound::Order(order) => Some((order.lines().iter().map(|line| line.product_id.as_str()), order.placed_at)),
             Inbound::Command(_) => None,
         }));
         let (workers, dead_letters, abandon) = (self.workers.clone(), self.dead_letters.clone(), abandon.clone());

@@ -13,21 +13,22 @@ use uuid::Uuid;
 
 use orderflow_common::command::Inbound;
 use orderflow_common::db;
-use orderflow_common::order::ValidOrder;
+use orderflow_common::order::{Line, Lines, ValidOrder};
 use orderflow_common::testing::TestDatabase;
 use orderflow_consumer::stats::Stats;
 use orderflow_consumer::worker_pool::WorkerPool;
 
+fn line(product: &str) -> Line {
+    Line { product_id: product.into(), quantity: 1, amount_cents: 100 }
+}
+
 fn order(product: &str) -> ValidOrder {
-    ValidOrder {
-        order_id: Uuid::now_v7(),
-        customer_id: "CUST1".into(),
-        product_id: product.into(),
-        quantity: 1,
-        amount_cents: 100,
-        placed_at: Utc::now(),
-        hold_seconds: None,
-    }
+    ValidOrder { order_id: Uuid::now_v7(), customer_id: "CUST1".into(), lines: Lines::One(line(product)), placed_at: Utc::now(), hold_seconds: None }
+}
+
+fn cart(products: &[&str]) -> ValidOrder {
+    let lines = Lines::Cart(products.iter().map(|p| line(p)).collect());
+    ValidOrder { order_id: Uuid::now_v7(), customer_id: "CUST1".into(), lines, placed_at: Utc::now(), hold_seconds: None }
 }
 
 #[tokio::test]
@@ -43,7 +44,10 @@ async fn reservation_statements_are_never_run_with_a_generic_plan() {
 
     // Well past the five custom plans after which PostgreSQL considers a generic one.
     for _ in 0..12 {
-        let batch = vec![order("PROD001"), order("PROD002"), order("NO-SUCH-PRODUCT")].into_iter().map(Inbound::Order).collect::<Vec<_>>();
+        let batch = vec![order("PROD001"), order("PROD002"), order("NO-SUCH-PRODUCT"), cart(&["PROD003", "PROD004"])]
+            .into_iter()
+            .map(Inbound::Order)
+            .collect::<Vec<_>>();
         writer.write(&batch, &never).await.expect("written");
     }
 
@@ -55,9 +59,9 @@ async fn reservation_statements_are_never_run_with_a_generic_plan() {
     let reservation: Vec<(String, i64, i64)> = rows
         .iter()
         .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)))
-        .filter(|(statement, _, _)| statement.contains("inventory") || statement.contains("orders"))
+        .filter(|(statement, _, _)| statement.contains("inventory") || statement.contains("orders") || statement.contains("order_lines"))
         .collect();
-    assert!(reservation.len() >= 3, "the reservation statements were prepared: {reservation:?}");
+    assert!(reservation.len() >= 5, "the reservation statements were prepared, the cart lines' insert too: {reservation:?}");
     for (statement, generic, custom) in &reservation {
         assert_eq!(*generic, 0, "generic plan used for {statement}");
         assert!(*custom >= 12, "planned for every execution: {custom} custom plans for {statement}");

@@ -13,7 +13,7 @@ use orderflow_common::config::KafkaSettings;
 use orderflow_common::db;
 use orderflow_common::command::{CommandKind, OrderCommand};
 use orderflow_common::events::OrderEvent;
-use orderflow_common::order::{NewOrder, PlacedOrder};
+use orderflow_common::order::{Line, Lines, NewOrder, PlacedOrder};
 use orderflow_common::testing::{eventually, TestBroker, TestDatabase};
 use orderflow_consumer::stats::Stats;
 use orderflow_consumer::supervision::RunError;
@@ -131,17 +131,19 @@ impl Stack {
     }
 
     /// Every inventory row adds up (received = available + reserved + sold), what it holds
-    /// reserved is exactly the sum of its reserved orders, and what it sold the sum of its
-    /// confirmed ones: an order applied twice, a hold released twice, or stock moved for an
-    /// order that did not change breaks one of them.
+    /// reserved is exactly the sum of the lines of its reserved orders and what it sold the
+    /// sum of the lines of its confirmed ones, carts included (the `order_items` view): an
+    /// order applied twice, a hold released twice, stock moved for an order that did not
+    /// change, or a cart that moved some lines but not others breaks one of them. Also: every
+    /// cart has exactly its line_count lines.
     pub async fn assert_invariants(&self) {
         let client = self.pool.get().await.unwrap();
         let broken = client
             .query(
                 "SELECT i.product_id, i.available_quantity, i.reserved_quantity, i.total_quantity, i.sold_quantity, i.received_quantity, \
-                        coalesce(sum(o.quantity) FILTER (WHERE o.status = 'reserved'), 0)::bigint AS reserved_orders, \
-                        coalesce(sum(o.quantity) FILTER (WHERE o.status = 'confirmed'), 0)::bigint AS confirmed_orders \
-                 FROM inventory i LEFT JOIN orders o ON o.product_id = i.product_id \
+                        coalesce(sum(o.quantity) FILTER (WHERE o.status = 'reserved'), 0)::bigint AS reserved_lines, \
+                        coalesce(sum(o.quantity) FILTER (WHERE o.status = 'confirmed'), 0)::bigint AS confirmed_lines \
+                 FROM inventory i LEFT JOIN order_items o ON o.product_id = i.product_id \
                  GROUP BY i.product_id \
                  HAVING i.available_quantity < 0 OR i.reserved_quantity < 0 OR i.sold_quantity < 0 \
                      OR i.available_quantity + i.reserved_quantity <> i.total_quantity \
@@ -154,6 +156,22 @@ impl Stack {
             .unwrap();
         let broken: Vec<String> = broken.iter().map(|row| format!("{row:?}")).collect();
         assert!(broken.is_empty(), "inventory invariants broken: {broken:?}");
+        let carts = client
+            .query(
+                "SELECT o.order_id, o.line_count, count(l.line_no) FROM orders o LEFT JOIN order_lines l USING (order_id) \
+                 GROUP BY o.order_id HAVING (o.line_count > 1 AND count(l.line_no) <> o.line_count) \
+                     OR (o.line_count = 1 AND count(l.line_no) > 0)",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(carts.is_empty(), "orders whose lines do not match their line_count: {carts:?}");
+        let reserved_with_problems: i64 = client
+            .query_one("SELECT count(*) FROM order_items WHERE status = 'reserved' AND problem IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(reserved_with_problems, 0, "a reserved cart has a line marked short");
     }
 
     pub async fn status_counts(&self, product: &str) -> (i64, i64, i64) {
@@ -248,8 +266,14 @@ pub fn command(kind: CommandKind, order: &PlacedOrder) -> OrderCommand {
 }
 
 pub fn placed_order(customer: &str, product: &str, quantity: i32) -> PlacedOrder {
-    let order = NewOrder { customer_id: customer.into(), product_id: product.into(), quantity, amount_cents: 1999, hold_seconds: None };
-    PlacedOrder::new(order, Uuid::now_v7(), Utc::now())
+    PlacedOrder::new(NewOrder::single(customer, product, quantity, 1999), Uuid::now_v7(), Utc::now())
+}
+
+/// A cart of `(product, quantity)` lines, 2 or more, products distinct.
+pub fn placed_cart(customer: &str, lines: &[(&str, i32)]) -> PlacedOrder {
+    assert!(lines.len() > 1, "a cart has two lines or more");
+    let lines = lines.iter().map(|(product, quantity)| Line { product_id: (*product).into(), quantity: *quantity, amount_cents: 250 }).collect();
+    PlacedOrder::new(NewOrder { customer_id: customer.into(), lines: Lines::Cart(lines), hold_seconds: None }, Uuid::now_v7(), Utc::now())
 }
 
 pub fn message(order: &PlacedOrder) -> (String, Vec<u8>) {
