@@ -6,7 +6,7 @@ use rand::Rng;
 use orderflow_common::events::{event_id, EventType};
 use uuid::Uuid;
 
-use crate::support::{message, placed_order, Stack};
+use crate::support::{message, placed_cart, placed_order, Stack};
 
 // Large enough that four lives of a consumer writing ~100k orders/s cannot finish it.
 const ORDERS: i64 = 100_000;
@@ -30,15 +30,26 @@ fn spawn_consumer_with(stack: &Stack, extra: &[(&str, &str)]) -> Child {
 }
 
 /// The consumer process is SIGKILLed mid-stream four times and restarted; at the end every
-/// order is in the database exactly once and no stock was taken twice.
+/// order is in the database exactly once and no stock was taken twice. One order in ten is a
+/// cart of three lines: the invariant check is cart-aware (per product, reserved stock is the
+/// lines of reserved orders, and every cart has all its lines).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_mid_stream_loses_nothing_and_applies_nothing_twice() {
     let stack = Stack::start(8).await;
     for product in 1..=10 {
         stack.set_stock(&format!("PROD{product:03}"), 1500).await;
     }
+    let product = |n: i64| format!("PROD{:03}", 1 + n % 10);
     let orders: Vec<_> = (0..ORDERS)
-        .map(|i| placed_order(&format!("C{}", i % 997), &format!("PROD{:03}", 1 + i % 10), 1 + (i % 3) as i32))
+        .map(|i| {
+            let (customer, quantity) = (format!("C{}", i % 997), 1 + (i % 3) as i32);
+            if i % 10 == 9 {
+                let (a, b, c) = (product(i), product(i + 3), product(i + 7));
+                placed_cart(&customer, &[(&a, quantity), (&b, 1), (&c, 1)])
+            } else {
+                placed_order(&customer, &product(i), quantity)
+            }
+        })
         .collect();
     let producer = stack.kafka_producer();
     stack.publish_raw(&producer, &orders.iter().map(message).collect::<Vec<_>>()).await;

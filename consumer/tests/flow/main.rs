@@ -3,6 +3,7 @@
 //! ORDERFLOW_TEST_KAFKA_BROKERS (scripts/conformance.sh).
 
 mod admin;
+mod carts;
 mod crash;
 mod dashboard;
 mod end_to_end;
