@@ -3,6 +3,7 @@
 
 mod helpers;
 mod admin;
+mod carts;
 mod commands;
 mod dashboard;
 mod health;

@@ -29,6 +29,11 @@ async fn the_openapi_document_describes_every_route() {
         assert!(paths.contains_key(route), "{route} is documented");
     }
     assert_eq!(doc["paths"]["/order"]["post"]["responses"]["202"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/AcceptedOrder");
+    // Either shape of order, and every line of a stored one.
+    let shapes: Vec<&str> = doc["components"]["schemas"]["OrderRequest"]["oneOf"].as_array().unwrap().iter().map(|s| s["$ref"].as_str().unwrap()).collect();
+    assert_eq!(shapes, ["#/components/schemas/SingleLineOrder", "#/components/schemas/CartOrder"]);
+    assert_eq!(doc["components"]["schemas"]["CartOrder"]["properties"]["lines"]["maxItems"], 50);
+    assert!(doc["components"]["schemas"]["StoredOrder"]["required"].as_array().unwrap().contains(&Value::from("lines")));
 }
 
 /// Property-based run: schemathesis generates valid and invalid requests from the document

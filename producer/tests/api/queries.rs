@@ -44,4 +44,5 @@ async fn an_order_is_404_until_stored_then_returned() {
     assert_eq!(body["reason"], "insufficient_stock");
     assert_eq!(body["amount"], 12.5);
     assert_eq!(body["quantity"], 2);
+    assert_eq!(body["lines"], serde_json::json!([{"line_no": 1, "product_id": "PROD001", "quantity": 2, "amount": 12.5, "problem": null}]));
 }
