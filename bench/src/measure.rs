@@ -260,9 +260,14 @@ pub async fn create_stock(pool: &Pool, stock: &[(String, i64)]) -> anyhow::Resul
 pub async fn remove(pool: &Pool, products: &[String]) -> anyhow::Result<(u64, u64)> {
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
-    // Carts first (their lines go with them), then single-line orders.
+    // Carts first, with their lines, then single-line orders.
     let carts = transaction
-        .execute("DELETE FROM orders WHERE order_id IN (SELECT order_id FROM order_lines WHERE product_id = ANY($1))", &[&products])
+        .execute(
+            "WITH carts AS (SELECT DISTINCT order_id FROM order_lines WHERE product_id = ANY($1)), \
+                  lines AS (DELETE FROM order_lines l USING carts c WHERE l.order_id = c.order_id) \
+             DELETE FROM orders o USING carts c WHERE o.order_id = c.order_id",
+            &[&products],
+        )
         .await?;
     let orders = carts + transaction.execute("DELETE FROM orders WHERE product_id = ANY($1)", &[&products]).await?;
     let inventory = transaction.execute("DELETE FROM inventory WHERE product_id = ANY($1)", &[&products]).await?;
@@ -375,6 +380,8 @@ mod tests {
 
         let (deleted_orders, deleted_products) = remove(&pool, &ours).await.expect("remove");
         assert_eq!((deleted_orders, deleted_products), (orders.len() as u64 + 2, stock.len() as u64));
+        let lines: i64 = client.query_one("SELECT count(*) FROM order_lines", &[]).await.expect("lines").get(0);
+        assert_eq!(lines, 0, "the cart's lines went with it");
         let after: (Vec<String>, Vec<String>) = client.query_one(snapshot, &[]).await.map(|row| (row.get(0), row.get(1))).expect("snapshot");
         assert_eq!(before, after, "the run changed rows it did not create");
     }

@@ -19,15 +19,19 @@ ALTER TABLE orders
 -- A cart's lines, numbered 1.. in the order the client gave them. `problem` is set only on
 -- lines of a rejected cart that could not be served when the cart's turn came
 -- (insufficient_stock or unknown_product); the lines without one would have fitted.
+--
+-- No foreign key to orders, and no unique (order_id, product_id): the consumer writes a
+-- cart's lines in the transaction that inserts its row, only after that insert added it, and
+-- both the API and the consumer refuse a product twice. The foreign key's per-row check made
+-- writing 30,000 lines take 1.0 s instead of 0.35 s (measured, see ARCHITECTURE, Carts).
 CREATE TABLE order_lines (
-    order_id    UUID NOT NULL REFERENCES orders (order_id) ON DELETE CASCADE,
+    order_id    UUID NOT NULL,
     line_no     SMALLINT NOT NULL CHECK (line_no BETWEEN 1 AND 50),
     product_id  TEXT NOT NULL CHECK (char_length(product_id) BETWEEN 1 AND 64),
     quantity    INTEGER NOT NULL CHECK (quantity BETWEEN 1 AND 10000),
     amount      NUMERIC(12, 2) NOT NULL CHECK (amount >= 0),
     problem     TEXT CHECK (problem IN ('insufficient_stock', 'unknown_product')),
-    PRIMARY KEY (order_id, line_no),
-    CONSTRAINT order_lines_product_once UNIQUE (order_id, product_id)
+    PRIMARY KEY (order_id, line_no)
 );
 
 -- Per-product questions (how much of P do reserved orders hold?) on carts.
