@@ -86,3 +86,38 @@ async fn every_bad_line_is_named_with_its_index_and_nothing_is_published() {
     );
     assert_eq!(app.published().await, 0);
 }
+
+/// Idempotency-Key works for carts as for single-line orders: a retry of the same cart gets the
+/// same id and publishes nothing new; the same key with the lines in another order, or with the
+/// same lines sent as separate orders, is another request (422).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_replays_a_cart_and_refuses_another_body() {
+    let app = spawn_app().await;
+    let url = format!("{}/order", app.address);
+    let post = |key: &'static str, body: Value| {
+        let (client, url) = (app.client.clone(), url.clone());
+        async move { client.post(url).header("Idempotency-Key", key).json(&body).send().await.unwrap() }
+    };
+    let body = cart(vec![line("PROD001", 1), line("PROD002", 2)]);
+    let first = post("cart-key", body.clone()).await;
+    assert_eq!(first.status().as_u16(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again = post("cart-key", body).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap()["order_id"], first["order_id"]);
+    assert_eq!(app.published().await, 1);
+
+    let swapped = cart(vec![line("PROD002", 2), line("PROD001", 1)]);
+    assert_json_error(post("cart-key", swapped).await, 422).await;
+    let batch_url = format!("{}/orders/batch", app.address);
+    let split = json!([
+        {"customer_id": "CUST-CART", "product_id": "PROD001", "quantity": 1, "amount": 2.5},
+        {"customer_id": "CUST-CART", "product_id": "PROD002", "quantity": 2, "amount": 2.5},
+    ]);
+    let response = app.client.post(&batch_url).header("Idempotency-Key", "batch-key").json(&split).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let as_cart = json!([cart(vec![line("PROD001", 1), line("PROD002", 2)])]);
+    let response = app.client.post(&batch_url).header("Idempotency-Key", "batch-key").json(&as_cart).send().await.unwrap();
+    assert_json_error(response, 422).await;
+    assert_eq!(app.published().await, 3);
+}
