@@ -126,7 +126,7 @@ mod tests {
         Order { seq, lines }
     }
 
-    fn run<'a>(orders: &'a [Order], parts: usize) -> Vec<Vec<&'a Order>> {
+    fn run(orders: &[Order], parts: usize) -> Vec<Vec<&Order>> {
         let refs: Vec<&Order> = orders.iter().collect();
         split(&refs, parts, |o: &Order| o.lines.iter().map(|line| line.product_id.as_str()))
     }

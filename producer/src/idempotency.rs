@@ -172,6 +172,26 @@ fn request_hash(route: &str, orders: &[NewOrder]) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
+/// Deletes keys older than `ttl`, every hour. A retry after that creates new orders.
+pub fn spawn_expiry(pool: Pool, ttl: Duration) {
+    tokio::spawn(async move {
+        let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            hourly.tick().await;
+            let Ok(client) = pool.get().await else { continue };
+            let seconds = ttl.as_secs_f64();
+            match client
+                .execute("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)", &[&seconds])
+                .await
+            {
+                Ok(deleted) if deleted > 0 => tracing::info!(deleted, "expired idempotency keys"),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(error = %Chain(&error), "idempotency key expiry failed"),
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,24 +224,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Deletes keys older than `ttl`, every hour. A retry after that creates new orders.
-pub fn spawn_expiry(pool: Pool, ttl: Duration) {
-    tokio::spawn(async move {
-        let mut hourly = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            hourly.tick().await;
-            let Ok(client) = pool.get().await else { continue };
-            let seconds = ttl.as_secs_f64();
-            match client
-                .execute("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)", &[&seconds])
-                .await
-            {
-                Ok(deleted) if deleted > 0 => tracing::info!(deleted, "expired idempotency keys"),
-                Ok(_) => {}
-                Err(error) => tracing::warn!(error = %Chain(&error), "idempotency key expiry failed"),
-            }
-        }
-    });
 }
