@@ -296,6 +296,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::allocation::RejectReason;
     use orderflow_common::order::{Line, Lines};
 
     fn at(seconds: i64) -> DateTime<Utc> {
@@ -420,6 +421,58 @@ mod tests {
         assert_eq!(ledger.available["P"], 2, "the expired hold's units are available again");
         assert_eq!(ledger.orders[&Uuid::from_u128(1)].status, Status::Confirmed);
         assert_eq!(ledger.orders[&Uuid::from_u128(2)].status, Status::Expired);
+    }
+
+    #[test]
+    fn a_cart_is_held_confirmed_and_cancelled_whole() {
+        let (x, y) = (cart(1, &[("A", 2), ("B", 3)], None), cart(2, &[("B", 1), ("C", 4)], Some(60)));
+        let too_big = cart(3, &[("A", 1), ("C", 7)], None);
+        let (confirm_x, cancel_y) = (command(10, 1, CommandKind::Confirm), command(11, 2, CommandKind::Cancel));
+        let available: HashMap<String, i64> = [("A".to_owned(), 5), ("B".to_owned(), 5), ("C".to_owned(), 10)].into();
+        let mut ledger = Ledger::new(available, HashMap::new());
+        let steps = [
+            Step::Place(&x),
+            Step::Place(&y),
+            Step::Place(&too_big),
+            Step::Command { command: &confirm_x, parked: false },
+            Step::Command { command: &cancel_y, parked: false },
+        ];
+        let outcomes = ledger.apply(&steps, at(0), 900);
+        assert!(matches!(&outcomes[0], Outcome::Placed { decision: Decision::Reserved, expires_at: Some(e), .. } if *e == at(900)));
+        assert!(matches!(&outcomes[1], Outcome::Placed { decision: Decision::Reserved, expires_at: Some(e), .. } if *e == at(60)));
+        // C has 6 left when the third cart comes: its C line is short, and its A line takes nothing.
+        assert_eq!(
+            outcomes[2],
+            Outcome::Placed { order_id: too_big.order_id, decision: Decision::Rejected(RejectReason::InsufficientStock), expires_at: None, short: vec![(1, RejectReason::InsufficientStock)] }
+        );
+        assert_eq!(ledger.orders[&Uuid::from_u128(1)].status, Status::Confirmed);
+        assert_eq!(ledger.orders[&Uuid::from_u128(2)].status, Status::Cancelled);
+        // x: reserved then sold on A and B; y: reserved then released on B and C.
+        assert_eq!(ledger.deltas["A"], StockDelta { available: -2, reserved: 0, total: -2, sold: 2 });
+        assert_eq!(ledger.deltas["B"], StockDelta { available: -3, reserved: 0, total: -3, sold: 3 });
+        assert_eq!(ledger.deltas["C"], StockDelta::default());
+        assert_eq!((ledger.available["A"], ledger.available["B"], ledger.available["C"]), (3, 2, 10));
+        for delta in ledger.deltas.values() {
+            assert_eq!(delta.available + delta.reserved, delta.total);
+            assert_eq!(delta.total + delta.sold, 0, "received does not change");
+        }
+    }
+
+    #[test]
+    fn a_stored_carts_expiry_moves_each_line() {
+        let hold = Hold {
+            customer_id: "C".into(),
+            lines: vec![HeldLine { product_id: "A".into(), quantity: 2 }, HeldLine { product_id: "B".into(), quantity: 5 }],
+            status: Status::Reserved,
+            expires_at: Some(at(-1)),
+        };
+        let moved: Vec<(&str, StockDelta)> = hold.stock(Change::Expire).collect();
+        assert_eq!(moved, [("A", Change::Expire.stock(2)), ("B", Change::Expire.stock(5))]);
+        let late = command(10, 7, CommandKind::Confirm);
+        let mut ledger = Ledger::new([("A".to_owned(), 0), ("B".to_owned(), 0)].into(), [(Uuid::from_u128(7), hold)].into());
+        let outcomes = ledger.apply(&[Step::Command { command: &late, parked: false }], at(0), 900);
+        assert!(matches!(outcomes[0], Outcome::Decided { verdict: Verdict { change: Some(Change::Expire), refusal: Some(Refusal::HoldExpired) }, .. }));
+        assert_eq!((ledger.available["A"], ledger.available["B"]), (2, 5), "every line's units are back");
     }
 
     #[test]

@@ -385,6 +385,30 @@ mod tests {
     }
 
     #[test]
+    fn a_carts_command_goes_to_the_part_holding_all_its_products() {
+        let cart = ValidOrder {
+            lines: Lines::Cart(vec![
+                Line { product_id: "A".into(), quantity: 1, amount_cents: 1 },
+                Line { product_id: "B".into(), quantity: 1, amount_cents: 1 },
+            ]),
+            ..order("A")
+        };
+        let (c, d, stored) = (order("C"), order("D"), order("X"));
+        let (cancel_cart, confirm_stored) = (command(&cart, CommandKind::Cancel), command(&stored, CommandKind::Confirm));
+        // The stored order is a cart over C and D (located in order_lines): its command
+        // links C and D, and must lock both.
+        let located: HashMap<Uuid, Vec<String>> = [(stored.order_id, vec!["C".to_owned(), "D".to_owned()])].into();
+        let items = [Item::Command(&cancel_cart), Item::Place(&c), Item::Place(&cart), Item::Place(&d), Item::Command(&confirm_stored)];
+        let (parts, parked) = plan(&items, &located, 4);
+        assert!(parked.is_empty());
+        let part_ab = parts.iter().find(|p| p.products == ["A", "B"]).expect("the cart's part locks A and B");
+        assert_eq!(steps(part_ab), [format!("place {}", cart.order_id), format!("cancel {}", cart.order_id)]);
+        let part_cd = parts.iter().find(|p| p.products == ["C", "D"]).expect("the stored cart's command joins C and D");
+        assert_eq!(steps(part_cd), [format!("place {}", c.order_id), format!("place {}", d.order_id), format!("confirm {}", stored.order_id)]);
+        assert_eq!(parts.len(), 2);
+    }
+
+    #[test]
     fn backoff_stays_under_its_cap() {
         for attempt in 0..40 {
             assert!(backoff(attempt, Duration::from_millis(2), Duration::from_millis(250)) <= Duration::from_millis(250));

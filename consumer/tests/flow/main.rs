@@ -3,6 +3,7 @@
 //! ORDERFLOW_TEST_KAFKA_BROKERS (scripts/conformance.sh).
 
 mod admin;
+mod cart_holds;
 mod carts;
 mod crash;
 mod dashboard;
