@@ -81,6 +81,10 @@ pub struct CartOrder {
     /// 1 to 50 lines.
     #[schema(min_items = 1, max_items = 50)]
     lines: Vec<OrderLine>,
+    /// How long the whole cart is held, in seconds, before it expires unless confirmed or
+    /// cancelled; absent or null: RESERVATION_TTL_SECONDS (900) of the consumer.
+    #[schema(minimum = 1, maximum = 86400, example = 600, nullable = true)]
+    hold_seconds: Option<i64>,
 }
 
 #[derive(serde::Deserialize, ToSchema)]

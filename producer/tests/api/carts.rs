@@ -121,3 +121,17 @@ async fn an_idempotency_key_replays_a_cart_and_refuses_another_body() {
     assert_json_error(response, 422).await;
     assert_eq!(app.published().await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cart_takes_hold_seconds_validated_like_a_single_line_order() {
+    let app = spawn_app().await;
+    let mut held = cart(vec![line("PROD001", 1), line("PROD002", 1)]);
+    held["hold_seconds"] = json!(120);
+    assert_eq!(app.post("/order", &held).await.status().as_u16(), 202);
+    held["hold_seconds"] = json!(86_401);
+    assert_eq!(problems(app.post("/order", &held).await).await, [("hold_seconds".to_owned(), None)]);
+    held["hold_seconds"] = json!(0);
+    let batch = json!([order("C1", "PROD001", 1), held]);
+    assert_eq!(problems(app.post("/orders/batch", &batch).await).await, [("hold_seconds".to_owned(), Some(1))]);
+    assert_eq!(app.published().await, 1, "only the valid cart");
+}
