@@ -208,15 +208,22 @@ async fn send(settings: &LoadSettings, commands: Vec<(Uuid, Kind)>) -> (usize, u
                     let verb = if *kind == Kind::Confirm { "confirm" } else { "cancel" };
                     let url = format!("{base}/orders/{order_id}/{verb}");
                     let mut ok = false;
-                    for _ in 0..3 {
+                    let mut attempts = 0;
+                    while attempts < 3 {
                         match client.post(&url).send().await {
                             Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
                                 ok = true;
                                 break;
                             }
+                            // The API's per-client rate limit: wait and send again, not a failure.
+                            Ok(response) if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
                             Ok(response) if response.status().is_client_error() => break,
                             _ => tokio::time::sleep(Duration::from_millis(100)).await,
                         }
+                        attempts += 1;
                     }
                     let mut counts = counts.lock().expect("counts lock");
                     if ok {

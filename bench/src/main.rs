@@ -285,17 +285,17 @@ async fn run_workload(
         eprintln!("{name}: only {finalized} of {expected} accepted orders finalized within {} s", args.timeout_seconds);
     }
     let (producer_peak, consumer_peak) = (producer_rss.finish(), consumer_rss.finish());
-    // Commands and expiry come after the placements are measured, so flash-sale's numbers
-    // above mean the same for checkout.
-    let checkout = match workload {
-        Workload::Checkout => Some(checkout::run(load, pool, &products, &stock, args.seed, Duration::from_secs(args.timeout_seconds)).await?),
-        _ => None,
-    };
     let breakdown = consumers::Breakdown::new(consumers, consumers::scrape(&admin_urls).await - counters_before);
     let cpu_us_per_order = cpu::per_order(&cpu_before, &cpu::sample(&pid_dir, &database), orders.len());
     measure::analyze_orders(pool).await?;
     let outcome = measure::outcome(pool, &products).await?;
     let checks = measure::checks(pool, &result.accepted, &stock).await?;
+    // Commands and expiry come after the placements are measured, so flash-sale's numbers
+    // and checks above mean the same for checkout.
+    let checkout = match workload {
+        Workload::Checkout => Some(checkout::run(load, pool, &products, &stock, args.seed, Duration::from_secs(args.timeout_seconds)).await?),
+        _ => None,
+    };
     eprintln!("{name}: {:.0} accepted/s, {:.0} end-to-end/s, p99 {:.0} ms", result.accepted_per_second(), outcome.end_to_end_per_second, outcome.latency.p99_ms);
     let lines = orders.iter().map(|order| order.lines.len()).sum::<usize>();
     Ok(Run {
