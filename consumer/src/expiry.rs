@@ -258,13 +258,7 @@ impl Sweeper {
         let commands: Vec<(ValidCommand, Vec<String>)> = rows
             .iter()
             .map(|row| {
-                let command = ValidCommand {
-                    command_id: row.get(0),
-                    order_id: row.get(1),
-                    customer_id: row.get(2),
-                    kind: CommandKind::parse(row.get(3)).expect("the table's CHECK allows only known kinds"),
-                    issued_at: row.get(4),
-                };
+                let command = reservation::parked_command(row);
                 (command, row.get(5))
             })
             .collect();

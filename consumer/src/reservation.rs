@@ -312,13 +312,7 @@ pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -
     let own_commands: HashSet<Uuid> = command_ids.iter().copied().collect();
     let mut parked_by_order: HashMap<Uuid, Vec<ValidCommand>> = HashMap::new();
     for row in &parked {
-        let command = ValidCommand {
-            command_id: row.get(0),
-            order_id: row.get(1),
-            customer_id: row.get(2),
-            kind: CommandKind::parse(row.get(3)).expect("the table's CHECK allows only known kinds"),
-            issued_at: row.get(4),
-        };
+        let command = parked_command(row);
         // The same command redelivered in this part is applied there, once.
         if !own_commands.contains(&command.command_id) {
             parked_by_order.entry(command.order_id).or_default().push(command);
@@ -343,13 +337,10 @@ pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -
                 }
             }
             Step::Command { command, parked } => match decided.get(&command.command_id) {
-                Some((outcome, reason, decided_at)) if outcome != "pending" => {
+                Some(stored) if stored.0 != "pending" => {
                     result.applied.already_applied += 1;
                     if settings.events {
-                        let outcome = CommandOutcome::stored(outcome, reason.as_deref()).expect("a decided command has an outcome");
-                        let hold = existing.get(&command.order_id).map(|stored| &stored.hold);
-                        let at = decided_at.expect("a decided command has its time");
-                        result.events.push(events::decided(command.command_id, command.kind, command.order_id, &command.customer_id, hold, outcome, at));
+                        result.events.push(redelivered_command_event(command, stored, &existing));
                     }
                 }
                 _ => steps.push(Step::Command { command, parked }),
@@ -462,13 +453,10 @@ pub async fn park(pool: &Pool, commands: &[&ValidCommand], settings: &LifecycleS
     let mut new = Vec::new();
     for command in commands {
         match decided.get(&command.command_id) {
-            Some((outcome, reason, decided_at)) if outcome != "pending" => {
+            Some(stored) if stored.0 != "pending" => {
                 result.applied.already_applied += 1;
                 if settings.events {
-                    let outcome = CommandOutcome::stored(outcome, reason.as_deref()).expect("a decided command has an outcome");
-                    let hold = existing.get(&command.order_id).map(|stored| &stored.hold);
-                    let at = decided_at.expect("a decided command has its time");
-                    result.events.push(events::decided(command.command_id, command.kind, command.order_id, &command.customer_id, hold, outcome, at));
+                    result.events.push(redelivered_command_event(command, stored, &existing));
                 }
             }
             Some(_) => result.applied.already_applied += 1,
@@ -481,6 +469,31 @@ pub async fn park(pool: &Pool, commands: &[&ValidCommand], settings: &LifecycleS
     record_commands(&transaction, &new, now).await?;
     transaction.commit().await?;
     Ok(result)
+}
+
+/// A command decided earlier, found again on redelivery: its event, rebuilt from the stored
+/// outcome with the same event_id.
+fn redelivered_command_event(
+    command: &ValidCommand,
+    (outcome, reason, decided_at): &(String, Option<String>, Option<DateTime<Utc>>),
+    existing: &HashMap<Uuid, Stored>,
+) -> OrderEvent {
+    let outcome = CommandOutcome::stored(outcome, reason.as_deref()).expect("a decided command has an outcome");
+    let hold = existing.get(&command.order_id).map(|stored| &stored.hold);
+    let at = decided_at.expect("a decided command has its time");
+    events::decided(command.command_id, command.kind, command.order_id, &command.customer_id, hold, outcome, at)
+}
+
+/// A parked command as read back from `order_commands`: the first five columns are
+/// command_id, order_id, customer_id, kind, issued_at.
+pub(crate) fn parked_command(row: &tokio_postgres::Row) -> ValidCommand {
+    ValidCommand {
+        command_id: row.get(0),
+        order_id: row.get(1),
+        customer_id: row.get(2),
+        kind: CommandKind::parse(row.get(3)).expect("the table's CHECK allows only known kinds"),
+        issued_at: row.get(4),
+    }
 }
 
 type Param = dyn tokio_postgres::types::ToSql + Sync;
