@@ -20,7 +20,15 @@ use crate::measure::Latency;
 use crate::workload::Order;
 
 /// The checkout's orders ask for this hold, so the quarter left alone expires within the run.
-pub const HOLD_SECONDS: i64 = 10;
+/// Long enough for every command to be sent and applied before it: with 10 s, one run sent
+/// its 120,000 commands over 59 s (the API's per-client limit, 2,000/s) and 106,850 of them
+/// came after their hold had expired.
+pub const HOLD_SECONDS: i64 = 60;
+
+/// Commands go out from this many loopback addresses (127.0.0.2, ...): the API limits each
+/// client address (RATE_LIMIT_PER_IP, 2,000/s by default), and a checkout is many customers,
+/// not one client. The global limit (RATE_LIMIT_GLOBAL) still applies.
+const SOURCE_ADDRESSES: u8 = 16;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CheckoutOutcome {
@@ -72,7 +80,9 @@ fn plan(mut reserved: Vec<Uuid>, seed: u64) -> (Vec<(Uuid, Kind)>, usize) {
     reserved.shuffle(&mut StdRng::seed_from_u64(seed));
     let (confirms, rest) = reserved.split_at(reserved.len() / 2);
     let (cancels, left) = rest.split_at(rest.len() / 2);
-    let commands = confirms.iter().map(|id| (*id, Kind::Confirm)).chain(cancels.iter().map(|id| (*id, Kind::Cancel))).collect();
+    let mut commands: Vec<(Uuid, Kind)> = confirms.iter().map(|id| (*id, Kind::Confirm)).chain(cancels.iter().map(|id| (*id, Kind::Cancel))).collect();
+    // Mixed, so that both kinds are sent over the whole sending time and timed alike.
+    commands.shuffle(&mut StdRng::seed_from_u64(seed.wrapping_add(1)));
     (commands, left.len())
 }
 
@@ -192,15 +202,24 @@ async fn check_stock(pool: &Pool, stock: &[(String, i64)]) -> anyhow::Result<boo
 /// each); retries a 5xx or a transport error up to three times. Returns (accepted, failed,
 /// elapsed).
 async fn send(settings: &LoadSettings, commands: Vec<(Uuid, Kind)>) -> (usize, usize, Duration) {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(settings.clients * 8).build().expect("http client");
     let base = settings.producer_url.trim_end_matches('/').to_owned();
+    // Other loopback source addresses only when the API is on this machine's loopback.
+    let local = base.contains("://127.0.0.1") || base.contains("://localhost");
+    let clients: Vec<reqwest::Client> = (0..if local { SOURCE_ADDRESSES } else { 1 })
+        .map(|i| {
+            let builder = reqwest::Client::builder().pool_max_idle_per_host(settings.clients * 8);
+            let builder = if local { builder.local_address(std::net::IpAddr::from([127, 0, 0, 2 + i])) } else { builder };
+            builder.build().expect("http client")
+        })
+        .collect();
     let commands = Arc::new(commands);
     let next = Arc::new(AtomicUsize::new(0));
     let counts = Arc::new(Mutex::new((0_usize, 0_usize)));
     let started = Instant::now();
     let tasks: Vec<_> = (0..settings.clients * 8)
-        .map(|_| {
-            let (client, base, commands, next, counts) = (client.clone(), base.clone(), commands.clone(), next.clone(), counts.clone());
+        .map(|sender| {
+            let client = clients[sender % clients.len()].clone();
+            let (base, commands, next, counts) = (base.clone(), commands.clone(), next.clone(), counts.clone());
             tokio::spawn(async move {
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
@@ -253,6 +272,8 @@ mod tests {
         assert_eq!(commands.iter().filter(|(_, k)| *k == Kind::Confirm).count(), 500);
         assert_eq!(commands.iter().filter(|(_, k)| *k == Kind::Cancel).count(), 250);
         assert_eq!(left, 250);
+        let early = &commands[..100];
+        assert!(early.iter().any(|(_, k)| *k == Kind::Confirm) && early.iter().any(|(_, k)| *k == Kind::Cancel), "kinds mixed over the sending");
         // Every id at most once, and the same seed gives the same plan.
         let mut seen: Vec<Uuid> = commands.iter().map(|(id, _)| *id).collect();
         seen.sort_unstable();

@@ -264,14 +264,30 @@ pub async fn remove(pool: &Pool, products: &[String]) -> anyhow::Result<(u64, u6
     let carts = transaction
         .execute(
             "WITH carts AS (SELECT DISTINCT order_id FROM order_lines WHERE product_id = ANY($1)), \
-                  lines AS (DELETE FROM order_lines l USING carts c WHERE l.order_id = c.order_id) \
+                  lines AS (DELETE FROM order_lines l USING carts c WHERE l.order_id = c.order_id), \
+                  commands AS (DELETE FROM order_commands d USING carts c WHERE d.order_id = c.order_id) \
              DELETE FROM orders o USING carts c WHERE o.order_id = c.order_id",
+            &[&products],
+        )
+        .await?;
+    // The commands of the run's single-line orders (a cart's went with it above).
+    transaction
+        .execute(
+            "DELETE FROM order_commands c USING orders o WHERE o.order_id = c.order_id AND o.product_id = ANY($1)",
             &[&products],
         )
         .await?;
     let orders = carts + transaction.execute("DELETE FROM orders WHERE product_id = ANY($1)", &[&products]).await?;
     let inventory = transaction.execute("DELETE FROM inventory WHERE product_id = ANY($1)", &[&products]).await?;
     transaction.commit().await?;
+    // The deleted rows stay in the tables as dead tuples until a vacuum. With autovacuum off
+    // (as on the machine these numbers come from) they piled up: after a dozen runs `orders`
+    // held 3.1M dead rows (743 MB) for 60,000 live ones, and every later run read through them
+    // (4 consumers on the catalog: 968 us of PostgreSQL CPU per order against 168 before).
+    // Vacuumed here, each run starts where the first one did. VACUUM changes no data.
+    client
+        .batch_execute("VACUUM (ANALYZE) orders, order_lines, order_commands, inventory, order_events_outbox")
+        .await?;
     Ok((orders, inventory))
 }
 
