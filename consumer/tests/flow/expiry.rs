@@ -86,7 +86,8 @@ async fn two_sweepers_racing_expire_each_hold_exactly_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(totals.0.expired + totals.1.expired, 9_000, "each hold counted by exactly one sweeper: {totals:?}");
-    assert!(totals.0.expired > 0 && totals.1.expired > 0, "both sweepers did some of the work: {totals:?}");
+    // Not asserted: that both did some of the work. Under a loaded machine one sweeper won
+    // every race (9,000 to 0) in a full-suite run; exactly-once is what must hold either way.
     assert_eq!(count(&stack, "SELECT count(*) FROM orders WHERE status = 'expired'").await, 9_000);
     assert_eq!(count(&stack, "SELECT count(DISTINCT event_id) FROM order_events_outbox").await, 9_000);
     assert_eq!(count(&stack, "SELECT count(*) FROM order_events_outbox").await, 9_000, "no event twice");
