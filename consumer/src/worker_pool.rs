@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +38,14 @@ pub struct WorkerPool {
     stuck: Arc<StuckWrites>,
     permanent_retry: Duration,
     lifecycle: LifecycleSettings,
+    /// Until when (ms since the Unix epoch) parts start with `Locking::Available`: set by
+    /// every lock conflict this consumer meets (see `write_part`).
+    contended_until: AtomicU64,
 }
+
+/// How long one lock conflict keeps this consumer's parts on SKIP LOCKED from their first
+/// attempt. Other consumers' batches come every few hundred ms while they contend at all.
+const CONTENDED_FOR: Duration = Duration::from_secs(5);
 
 /// A written batch: what it did, the events to publish before its offsets move, and how
 /// many events its transactions left in the outbox.
@@ -67,7 +75,7 @@ pub const DEFAULT_LIFECYCLE: LifecycleSettings = LifecycleSettings { default_hol
 impl WorkerPool {
     pub fn new(pool: Pool, workers: usize, stats: Arc<Stats>) -> Self {
         let permanent_retry = Duration::from_millis(crate::settings::BatchSettings::default().permanent_retry_ms);
-        Self { pool, workers: workers.max(1), stats, stuck: Arc::default(), permanent_retry, lifecycle: DEFAULT_LIFECYCLE }
+        Self { pool, workers: workers.max(1), stats, stuck: Arc::default(), permanent_retry, lifecycle: DEFAULT_LIFECYCLE, contended_until: AtomicU64::new(0) }
     }
 
     /// Where permanent errors are reported (for /ready), and how often they are retried.
@@ -118,20 +126,30 @@ impl WorkerPool {
         Ok(written)
     }
 
-    /// Writes one part: first all of it under NOWAIT locks. After a lock conflict (another
+    /// Writes one part: all of it under NOWAIT locks. After a lock conflict (another
     /// consumer's transaction holds some of its rows), each attempt takes the rows that are
     /// free and writes the components they cover, until none is left (`Locking::Available`).
+    ///
+    /// While this consumer meets conflicts (within CONTENDED_FOR of the last), parts start
+    /// with `Available`: a NOWAIT attempt that fails has locked, and written to, every row
+    /// before the held one, and rolls it all back. Measured with 4 consumers, 200k orders
+    /// each: NOWAIT first gave catalog 12,278/s and flash-sale 51,800/s; SKIP LOCKED first
+    /// 27,814/s and 89,088/s (README, Scaling). A single consumer never conflicts and always
+    /// takes its locks NOWAIT.
     async fn write_part(&self, part: &Part<'_>, abandon: &CancellationToken) -> Result<(PartResult, u64), Abandoned> {
         let mut total = PartResult::default();
         let mut conflicts = 0;
         let mut rest = None;
-        let mut locking = Locking::All;
+        let mut locking = if self.contended() { Locking::Available } else { Locking::All };
         loop {
             let current = rest.as_ref().unwrap_or(part);
             let ((done, left), met) = self
                 .retrying(current.steps.len(), abandon, || reservation::apply_with(&self.pool, current, &self.lifecycle, std::mem::replace(&mut locking, Locking::Available)))
                 .await?;
             conflicts += met;
+            if met > 0 || left.is_some() {
+                self.mark_contended();
+            }
             total.applied += done.applied;
             total.events.extend(done.events);
             total.outbox += done.outbox;
@@ -145,6 +163,14 @@ impl WorkerPool {
                 }
             }
         }
+    }
+
+    fn contended(&self) -> bool {
+        self.contended_until.load(Ordering::Relaxed) > epoch_ms()
+    }
+
+    fn mark_contended(&self) {
+        self.contended_until.fetch_max(epoch_ms() + CONTENDED_FOR.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Runs `attempt` until it succeeds, or until `abandon` fires; returns its result and the
@@ -314,6 +340,10 @@ fn plan<'a>(items: &[Item<'a>], located: &'a HashMap<Uuid, Vec<String>>, parts: 
         })
         .collect();
     (parts, parked)
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Exponential backoff with full jitter: spreads retries of competing consumers apart.
