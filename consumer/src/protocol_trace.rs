@@ -278,28 +278,51 @@ mod tests {
         record(|| panic!("the process switch is off in unit tests"));
     }
 
-    /// Measures the off path, in whatever profile the tests are built with. Not an
-    /// assertion on time (the machine is shared); it prints what it measured:
+    /// The off path of the process switch, `calls` times: what every call site costs.
+    fn record_off(calls: u64) {
+        for n in 0..calls {
+            record(|| Step::Revoked { partitions: vec![std::hint::black_box(n) as i32] });
+        }
+    }
+
+    /// The same loop without the call, to subtract.
+    fn baseline(calls: u64) {
+        for n in 0..calls {
+            std::hint::black_box(n);
+        }
+    }
+
+    /// Prints the time per call off, in whatever profile the tests are built with (not an
+    /// assertion: the machine is shared):
     /// `cargo nextest run -p orderflow-consumer --lib off_cost --no-capture`.
     #[test]
     fn off_cost() {
-        let switch = Switch::off();
         let calls = 10_000_000_u64;
         let started = Instant::now();
-        for partition in 0..calls {
-            switch.record(|| Step::Revoked { partitions: vec![partition as i32] });
-        }
+        record_off(calls);
         let off = started.elapsed();
         let started = Instant::now();
-        for partition in 0..calls {
-            std::hint::black_box(partition);
-        }
+        baseline(calls);
         let empty = started.elapsed();
         println!(
-            "record() off: {:.2} ns per call; an empty loop: {:.2} ns per iteration",
+            "record() off: {:.2} ns per call; the loop alone: {:.2} ns per iteration",
             off.as_nanos() as f64 / calls as f64,
             empty.as_nanos() as f64 / calls as f64
         );
+    }
+
+    /// For an instruction count (ARCHITECTURE, Protocol traces): run each of these two under
+    /// `valgrind --tool=callgrind` and divide the difference by a million.
+    #[test]
+    #[ignore = "run by hand under callgrind"]
+    fn off_cost_million_records() {
+        record_off(1_000_000);
+    }
+
+    #[test]
+    #[ignore = "run by hand under callgrind"]
+    fn off_cost_million_baseline() {
+        baseline(1_000_000);
     }
 
     #[test]
