@@ -1,17 +1,25 @@
-//! A crash run of the real consumer binary with the protocol trace on (issue #14), kept apart
-//! from its checks so that trace validation can replay the same run through the model.
+//! Runs of the real consumer binary with the protocol trace on (issue #14), kept apart from
+//! their checks so that trace validation can replay the same runs through the model.
 //!
-//! The run: 4 partitions; 40 single-line orders for 30 units of PROD002, a confirm and a
+//! `crash_run`: 4 partitions; 40 single-line orders for 30 units of PROD002, a confirm and a
 //! cancel of two of them, 3 orders with a 1 s hold on PROD003, two carts competing for
 //! PROD004 and PROD005, a cancel of an order that never comes, and an invalid message. The
 //! first consumer runs with `ORDERFLOW_FAULT_AFTER_COMMIT=batch` and aborts right after its
 //! first batch's commit, before publishing events or committing offsets. The second
 //! redelivers that batch, writes the rest, lets the holds expire and the unknown order's
 //! cancel be refused, publishes every event, and stops on SIGTERM.
+//!
+//! `rebalance_run`: members join and leave while orders keep coming, so partitions move with
+//! batches in flight and the members' parts contend for the same hot row (NOWAIT conflicts,
+//! retried). Member 1 starts alone. The test then holds the hot product's row lock, so member
+//! 1's batch is stuck in flight (its loop polls on while it waits, `wait_for_write`, with
+//! `KAFKA_MAX_POLL_INTERVAL_MS=4000`); member 2 joins, and member 1 gives partitions up with
+//! that batch in flight; the lock goes. Member 1 leaves on SIGTERM; member 3 joins; then the
+//! orders stop, and members 2 and 3 stop on SIGTERM.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -19,29 +27,37 @@ use uuid::Uuid;
 use orderflow_common::command::{CommandKind, OrderCommand};
 use orderflow_common::events::{event_id, EventType};
 use orderflow_common::order::PlacedOrder;
-use orderflow_common::protocol_trace::{self, Record};
+use orderflow_common::protocol_trace::{self, Record, Step};
 use orderflow_common::testing::eventually;
 
 use crate::support::{command, message, placed_cart, placed_order, Stack};
 
-/// Stock at the start, by product.
+/// Stock at the start of `crash_run`, by product.
 pub const STOCK: [(&str, i64); 4] = [("PROD002", 30), ("PROD003", 20), ("PROD004", 5), ("PROD005", 5)];
+/// Stock at the start of `rebalance_run`: one hot product that sells out, four that do not.
+pub const REBALANCE_STOCK: [(&str, i64); 5] =
+    [("PROD001", 150), ("PROD002", 100_000), ("PROD003", 100_000), ("PROD004", 100_000), ("PROD005", 100_000)];
 
 pub struct TracedRun {
     pub stack: Stack,
-    /// Holds `traces/<member>.jsonl` and each process's stderr (`<n>.stderr`).
+    /// Holds `traces/<member>.jsonl` and each process's output (`<n>.log`).
     pub dir: PathBuf,
-    /// The member that aborted after its first batch's commit.
-    pub crashed: Uuid,
+    /// The member that aborted after its first batch's commit (`crash_run`); the others
+    /// stopped on SIGTERM.
+    pub crashed: Option<Uuid>,
+    /// Stock at the start, by product.
+    pub stock: Vec<(&'static str, i64)>,
     /// Every member's trace, in the order the members started (UUIDv7 order).
     pub traces: Vec<(Uuid, Vec<Record>)>,
     /// Every placement published, valid ones only.
     pub orders: Vec<PlacedOrder>,
     /// The orders with a 1 s hold (expired by the sweeper).
     pub holds: Vec<Uuid>,
-    /// The confirm and the cancel of orders that exist, then the cancel of an order that
-    /// never comes (parked, then refused `unknown_order`).
+    /// Commands: in `crash_run` the confirm and the cancel of orders that exist, then the
+    /// cancel of an order that never comes (parked, then refused `unknown_order`).
     pub commands: Vec<OrderCommand>,
+    /// That last command's id.
+    pub unknown_order_command: Option<Uuid>,
 }
 
 impl TracedRun {
@@ -61,9 +77,10 @@ impl TracedRun {
     }
 }
 
-/// A consumer binary on `stack` with the trace on, its stderr in `dir/<n>.stderr`.
+/// A consumer binary on `stack` with the trace on, its output (warnings and errors) in
+/// `dir/<n>.log`.
 fn spawn_traced(stack: &Stack, dir: &Path, n: usize, extra: &[(&str, &str)]) -> Child {
-    let stderr = std::fs::File::create(dir.join(format!("{n}.stderr"))).expect("stderr file");
+    let log = std::fs::File::create(dir.join(format!("{n}.log"))).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_consumer"))
         .envs(stack.consumer_env())
         .env(protocol_trace::VARIABLE, dir.join("traces"))
@@ -75,8 +92,8 @@ fn spawn_traced(stack: &Stack, dir: &Path, n: usize, extra: &[(&str, &str)]) -> 
         .env("PARKED_COMMAND_TTL_SECONDS", "1")
         .env("RUST_LOG", "warn")
         .envs(extra.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(stderr)
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
         .spawn()
         .expect("consumer binary starts")
 }
@@ -155,6 +172,112 @@ pub async fn crash_run() -> TracedRun {
     })
     .await;
     stack.wait_for_event_ids(&expected_events(&stack).await, Duration::from_secs(30)).await;
+    stop(consumer).await;
+
+    let traces = read_traces(&dir);
+    assert_eq!(traces.len(), 2, "one trace per process in {}", dir.display());
+    let unknown_order_command = commands.last().map(|c| c.command_id);
+    let holds = holds.iter().map(|o| o.order_id).collect();
+    TracedRun { stack, dir, crashed: Some(crashed), stock: STOCK.to_vec(), traces, holds, orders, commands, unknown_order_command }
+}
+
+/// Runs the rebalance scenario above and returns the traces.
+pub async fn rebalance_run() -> TracedRun {
+    let dir = std::env::temp_dir().join(format!("orderflow-traced-rebalance-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stack = Stack::start(4).await;
+    for (product, stock) in REBALANCE_STOCK {
+        stack.set_stock(product, stock).await;
+    }
+    let small = [("BATCH_SIZE", "100"), ("KAFKA_MAX_POLL_INTERVAL_MS", "4000")];
+    let done = tokio_util::sync::CancellationToken::new();
+    let publish = async {
+        let producer = stack.kafka_producer();
+        let mut orders = Vec::new();
+        // At most a minute of orders: the members' changes take a few seconds each.
+        for wave in 0..600 {
+            if done.is_cancelled() {
+                break;
+            }
+            let batch: Vec<PlacedOrder> = (0..50)
+                .map(|i| {
+                    let n = wave * 50 + i;
+                    let customer = format!("R{}", n % 1009);
+                    if n % 10 == 9 {
+                        placed_cart(&customer, &[("PROD002", 1), ("PROD003", 1)])
+                    } else {
+                        placed_order(&customer, &format!("PROD00{}", 1 + n % 5), 1)
+                    }
+                })
+                .collect();
+            stack.publish_raw(&producer, &batch.iter().map(message).collect::<Vec<_>>()).await;
+            orders.extend(batch);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        orders
+    };
+    let members = async {
+        let first = spawn_traced(&stack, &dir, 1, &small);
+        let first_member = wait_for_assignment(&dir, &[]).await;
+        let mut client = stack.pool.get().await.unwrap();
+        let lock = client.transaction().await.unwrap();
+        lock.execute("SELECT 1 FROM inventory WHERE product_id = 'PROD001' FOR UPDATE", &[]).await.unwrap();
+        wait_for_step(&dir, first_member, "a part failing on the held lock", |step| matches!(step, Step::PartFailed { conflict: true, .. })).await;
+        let second = spawn_traced(&stack, &dir, 2, &small);
+        let second_member = wait_for_assignment(&dir, &[first_member]).await;
+        wait_for_step(&dir, first_member, "a revoke", |step| matches!(step, Step::Revoked { partitions } if !partitions.is_empty())).await;
+        lock.rollback().await.unwrap();
+        stop(first).await;
+        let third = spawn_traced(&stack, &dir, 3, &small);
+        wait_for_assignment(&dir, &[first_member, second_member]).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        done.cancel();
+        (second, third)
+    };
+    let (orders, (second, third)) = tokio::join!(publish, members);
+    stack.wait_for_orders(orders.len() as i64, Duration::from_secs(60)).await;
+    stack.wait_for_event_ids(&expected_events(&stack).await, Duration::from_secs(30)).await;
+    stop(second).await;
+    stop(third).await;
+
+    let traces = read_traces(&dir);
+    assert_eq!(traces.len(), 3, "one trace per process in {}", dir.display());
+    TracedRun {
+        stack,
+        dir,
+        crashed: None,
+        stock: REBALANCE_STOCK.to_vec(),
+        traces,
+        orders,
+        holds: Vec::new(),
+        commands: Vec::new(),
+        unknown_order_command: None,
+    }
+}
+
+/// Waits until a member other than `known` has a trace with partitions assigned; returns it.
+async fn wait_for_assignment(dir: &Path, known: &[Uuid]) -> Uuid {
+    eventually(Duration::from_secs(60), "a new member with partitions", || async {
+        read_traces(dir).into_iter().find_map(|(member, records)| {
+            let assigned = records.iter().any(|r| matches!(&r.step, Step::Assigned { partitions } if !partitions.is_empty()));
+            (!known.contains(&member) && assigned).then_some(member)
+        })
+    })
+    .await
+}
+
+/// Waits until `member` recorded a step that `matches`.
+async fn wait_for_step(dir: &Path, member: Uuid, what: &str, matches: fn(&Step) -> bool) {
+    eventually(Duration::from_secs(60), what, || async {
+        let traces = read_traces(dir);
+        let (_, records) = traces.iter().find(|(m, _)| *m == member)?;
+        records.iter().any(|r| matches(&r.step)).then_some(())
+    })
+    .await
+}
+
+/// SIGTERM, and the exit status 0 of a graceful stop.
+async fn stop(consumer: Child) {
     let status = Command::new("kill").args(["-TERM", &consumer.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exit = tokio::task::spawn_blocking(move || {
@@ -163,11 +286,7 @@ pub async fn crash_run() -> TracedRun {
     })
     .await
     .unwrap();
-    assert!(exit.success(), "the second consumer exits 0 on SIGTERM: {exit:?}");
-
-    let traces = read_traces(&dir);
-    assert_eq!(traces.len(), 2, "one trace per process in {}", dir.display());
-    TracedRun { stack, dir, crashed, traces, holds: holds.iter().map(|o| o.order_id).collect(), orders, commands }
+    assert!(exit.success(), "a consumer exits 0 on SIGTERM: {exit:?}");
 }
 
 /// The event of every change in the database: each placement's, each expiry's and each
