@@ -75,9 +75,9 @@ pub struct StockMove {
 pub enum CommitCause {
     /// After a batch, for every assigned partition. Asynchronous: recorded when handed to
     /// librdkafka, and the coordinator may still refuse it (during a rebalance it does, the
-    /// rebalance run shows it in librdkafka's log); the commit callback that would tell never
-    /// fires with rust-rdkafka 0.39's StreamConsumer, so the trace cannot say. The group's
-    /// offset may stay at an earlier commit.
+    /// rebalance run shows it in librdkafka's log); the commit callback that would tell was
+    /// not called in that run (rust-rdkafka 0.39's StreamConsumer), so the trace cannot say.
+    /// The group's offset may stay at an earlier commit.
     Batch,
     /// In the revoke callback, for the revoked partitions.
     Revoke,
