@@ -14,7 +14,12 @@ ensure_rust_tools
 # The chart's text needs a font file; this package ships DejaVu Sans.
 dpkg -s fonts-dejavu-core >/dev/null 2>&1 || apt_install fonts-dejavu-core
 
-if [ -z "${PRODUCER_URL:-}" ]; then
+# --help only prints the options: no stack needed for that.
+wants_help=false
+for arg in "$@"; do
+    case "$arg" in -h|--help) wants_help=true ;; esac
+done
+if [ -z "${PRODUCER_URL:-}" ] && ! $wants_help; then
     scripts/up.sh
 fi
 cargo build --release -p orderflow-bench

@@ -98,7 +98,9 @@ pub enum Step {
     Polled { messages: Vec<(Position, Message)> },
     /// One part's transaction committed, with what it did. `part` is the part's index in
     /// its batch; the transaction that parks commands whose order is unknown comes last
-    /// (index = number of parts). `events` are the events the part hands to the batch loop,
+    /// (index = number of parts). A part may commit in several transactions: after a lock
+    /// conflict, its components whose rows are free go ahead and the rest is retried
+    /// (`reservation::Locking::Available`); each commit is one record with the same `part`. `events` are the events the part hands to the batch loop,
     /// published after every part committed (`EventsPublished { via_outbox: false }`),
     /// redelivered changes' rebuilt events included; `outbox_events` were written in the
     /// transaction, for the relay.

@@ -30,7 +30,7 @@ use crate::events::{self, CommandOutcome};
 use crate::lifecycle::{is_due, Change, Hold, Refusal, Status, Step, StockDelta};
 use crate::outbox::{self, Relay};
 use crate::protocol_trace::{self, Effect, Effects};
-use crate::reservation::{self, ErrorClass, LifecycleSettings, Part, ReserveError};
+use crate::reservation::{self, ErrorClass, LifecycleSettings, Part, ReserveError, Touches};
 use crate::stats::Stats;
 
 #[derive(Debug, Clone, Copy)]
@@ -270,10 +270,10 @@ impl Sweeper {
                 (command, row.get(5))
             })
             .collect();
-        let mut products: Vec<&str> = commands.iter().flat_map(|(_, products)| products.iter().map(String::as_str)).collect();
-        products.sort_unstable();
-        products.dedup();
-        let part = Part { steps: commands.iter().map(|(command, _)| Step::Command { command, parked: true }).collect(), products };
+        let part = Part::new(
+            commands.iter().map(|(command, _)| Step::Command { command, parked: true }).collect(),
+            commands.iter().map(|(_, products)| Touches::Located(products)).collect(),
+        );
         let mut conflicts = 0;
         loop {
             match reservation::apply(&self.pool, &part, &self.lifecycle).await {

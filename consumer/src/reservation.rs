@@ -167,7 +167,42 @@ impl std::ops::AddAssign for Applied {
 #[derive(Debug, Default)]
 pub struct Part<'a> {
     pub steps: Vec<Step<'a>>,
+    /// The products each step touches, by index: what links steps into components when a
+    /// conflict lets only some of them go ahead (`Locking::Available`).
+    pub touches: Vec<Touches<'a>>,
     pub products: Vec<&'a str>,
+}
+
+/// The products a step touches: a placement's lines, or those of the order a command acts on
+/// (from the batch, or located in the database).
+#[derive(Debug, Clone, Copy)]
+pub enum Touches<'a> {
+    Lines(&'a [Line]),
+    Located(&'a [String]),
+}
+
+impl<'a> Touches<'a> {
+    pub fn iter(self) -> impl Iterator<Item = &'a str> {
+        let (lines, located) = match self {
+            Self::Lines(lines) => (lines, &[][..]),
+            Self::Located(located) => (&[][..], located),
+        };
+        lines.iter().map(|line| line.product_id.as_str()).chain(located.iter().map(String::as_str))
+    }
+}
+
+/// How a part's transaction takes its product locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locking {
+    /// Every product of the part, NOWAIT: one row held by another transaction fails the
+    /// attempt. The first attempt of every part; without contention the only one.
+    All,
+    /// After a conflict: the rows that are free now (SKIP LOCKED). The part's components whose
+    /// rows were all taken go ahead in this transaction; the rest comes back to be retried.
+    /// Without this, parts of several consumers on a wide catalog (each part touching
+    /// thousands of products) almost always share a row, and each retried whole: measured with
+    /// 4 consumers on 100,000 products, 1,148 conflicts and catalog at 0.27x of one consumer.
+    Available,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -194,6 +229,15 @@ pub struct PartResult {
 // the transaction's timestamp: every time the transaction writes or compares is this one.
 pub(crate) const LOCK_PRODUCTS: &str = "SELECT product_id, available_quantity, now() FROM inventory \
      WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE NOWAIT";
+
+/// `Locking::Available`: the same order and the same rows, skipping those held elsewhere.
+/// Never waits, like NOWAIT, so the sorted order still rules out lock cycles.
+const LOCK_AVAILABLE: &str = "SELECT product_id, available_quantity, now() FROM inventory \
+     WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE SKIP LOCKED";
+
+/// Which of the rows SKIP LOCKED passed over exist: those are held by another transaction;
+/// the others are unknown products, rejected as with NOWAIT.
+const EXISTING_PRODUCTS: &str = "SELECT product_id FROM inventory WHERE product_id = ANY($1)";
 
 pub(crate) const NOW: &str = "SELECT now()";
 
@@ -266,9 +310,77 @@ pub(crate) const MOVE_STOCK: &str = "UPDATE inventory AS i \
 /// Applies a part in one READ COMMITTED transaction: lock its products (sorted, NOWAIT),
 /// read what exists, decide in memory (`lifecycle::Ledger`), write set-based, commit.
 pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -> Result<PartResult, ReserveError> {
+    Ok(apply_with(pool, part, settings, Locking::All).await?.0)
+}
+
+/// `apply`, with the locks taken as `locking` says. With `Locking::Available` the part may
+/// be applied in part: what did not go ahead comes back, to be retried. An attempt that
+/// could take none of its components fails with `LockConflict`, as a NOWAIT one would.
+pub async fn apply_with<'a>(
+    pool: &Pool,
+    part: &Part<'a>,
+    settings: &LifecycleSettings,
+    locking: Locking,
+) -> Result<(PartResult, Option<Part<'a>>), ReserveError> {
     let mut client = pool.get().await?;
     let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
-    let (available, now) = lock_products(&transaction, &part.products).await?;
+    if locking == Locking::All {
+        let (available, now) = lock_products(&transaction, &part.products).await?;
+        return Ok((write_locked(transaction, part, available, now, settings).await?, None));
+    }
+    let lock = transaction.prepare_cached(LOCK_AVAILABLE).await?;
+    let rows = transaction.query(&lock, &[&part.products]).await?;
+    let available: HashMap<String, i64> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let skipped: Vec<&str> = part.products.iter().copied().filter(|product| !available.contains_key(*product)).collect();
+    let busy: HashSet<String> = if skipped.is_empty() {
+        HashSet::new()
+    } else {
+        let existing = transaction.prepare_cached(EXISTING_PRODUCTS).await?;
+        transaction.query(&existing, &[&skipped]).await?.iter().map(|row| row.get(0)).collect()
+    };
+    let now = match rows.first() {
+        Some(row) => row.get(2),
+        None => {
+            let query = transaction.prepare_cached(NOW).await?;
+            transaction.query_one(&query, &[]).await?.get(0)
+        }
+    };
+    if busy.is_empty() {
+        return Ok((write_locked(transaction, part, available, now, settings).await?, None));
+    }
+    let indices: Vec<usize> = (0..part.steps.len()).collect();
+    let (ahead, later) = crate::split::go_ahead(&indices, |index| part.touches[index].iter(), |product| busy.contains(product));
+    if ahead.is_empty() {
+        return Err(ReserveError::LockConflict);
+    }
+    let result = write_locked(transaction, &part.subset(&ahead), available, now, settings).await?;
+    Ok((result, Some(part.subset(&later))))
+}
+
+impl<'a> Part<'a> {
+    pub fn new(steps: Vec<Step<'a>>, touches: Vec<Touches<'a>>) -> Self {
+        debug_assert_eq!(steps.len(), touches.len());
+        let mut products: Vec<&'a str> = touches.iter().flat_map(|touches| touches.iter()).collect();
+        products.sort_unstable();
+        products.dedup();
+        Self { steps, touches, products }
+    }
+
+    /// The steps at `indices` (in that order), with their products.
+    fn subset(&self, indices: &[usize]) -> Self {
+        Self::new(indices.iter().map(|&i| self.steps[i]).collect(), indices.iter().map(|&i| self.touches[i]).collect())
+    }
+}
+
+/// The body of a part's transaction, once its product rows are locked: `available` holds the
+/// locked rows' stock and `now` the transaction's time.
+async fn write_locked(
+    transaction: Transaction<'_>,
+    part: &Part<'_>,
+    available: HashMap<String, i64>,
+    now: DateTime<Utc>,
+    settings: &LifecycleSettings,
+) -> Result<PartResult, ReserveError> {
 
     let mut placement_ids = Vec::new();
     let mut command_ids = Vec::new();

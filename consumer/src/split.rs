@@ -72,6 +72,49 @@ where
     groups
 }
 
+/// After a lock conflict with another consumer: which of a part's `orders` can go ahead with
+/// the product rows this transaction did lock (`busy(product)` is false), keeping their
+/// order, and which must wait for the next attempt. What waits is whole components (a
+/// product with every cart and command linked to it), so each product's orders still apply
+/// in offset order and a cart still moves all or nothing: going ahead with a component is the
+/// same as having split it into a part of its own.
+pub fn go_ahead<'a, T, P, I, B>(orders: &[T], products: P, busy: B) -> (Vec<T>, Vec<T>)
+where
+    T: Copy,
+    P: Fn(T) -> I,
+    I: Iterator<Item = &'a str>,
+    B: Fn(&str) -> bool,
+{
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut blocked: Vec<bool> = Vec::new();
+    let mut components = UnionFind::default();
+    for order in orders {
+        let mut first = None;
+        for product in products(*order) {
+            let node = *index.entry(product).or_insert_with(|| {
+                blocked.push(busy(product));
+                components.add()
+            });
+            match first {
+                None => first = Some(node),
+                Some(first) => components.union(first, node),
+            }
+        }
+    }
+    let mut root_blocked = vec![false; blocked.len()];
+    for (node, is_blocked) in blocked.iter().enumerate() {
+        if *is_blocked {
+            root_blocked[components.find(node)] = true;
+        }
+    }
+    let (mut now, mut later) = (Vec::new(), Vec::new());
+    for order in orders {
+        let waits = products(*order).next().is_some_and(|product| root_blocked[components.find(index[product])]);
+        if waits { later.push(*order) } else { now.push(*order) }
+    }
+    (now, later)
+}
+
 /// Disjoint sets over 0..n with path halving and union by size.
 #[derive(Debug, Default)]
 struct UnionFind {
@@ -129,6 +172,20 @@ mod tests {
     fn run(orders: &[Order], parts: usize) -> Vec<Vec<&Order>> {
         let refs: Vec<&Order> = orders.iter().collect();
         split(&refs, parts, |o: &Order| o.lines.iter().map(|line| line.product_id.as_str()))
+    }
+
+    #[test]
+    fn after_a_conflict_whole_components_wait_and_the_rest_goes_ahead_in_order() {
+        // 0-3: a cart links B and C; D is alone; E is busy and alone; A is alone.
+        let orders = [order(0, &["A"]), order(1, &["B", "C"]), order(2, &["C"]), order(3, &["D"]), order(4, &["E"]), order(5, &["B"])];
+        let refs: Vec<&Order> = orders.iter().collect();
+        let seqs = |list: &[&Order]| list.iter().map(|o| o.seq).collect::<Vec<_>>();
+        // C is busy: the cart and everything on B waits with it, though B itself was locked.
+        let (now, later) = go_ahead(&refs, |o: &Order| o.lines.iter().map(|line| line.product_id.as_str()), |p| p == "C" || p == "E");
+        assert_eq!(seqs(&now), [0, 3]);
+        assert_eq!(seqs(&later), [1, 2, 4, 5]);
+        let (now, later) = go_ahead(&refs, |o: &Order| o.lines.iter().map(|line| line.product_id.as_str()), |_| false);
+        assert_eq!((seqs(&now).len(), later.len()), (6, 0));
     }
 
     /// Every order once; order kept in each part; no product in two parts.

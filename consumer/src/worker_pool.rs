@@ -22,7 +22,7 @@ use orderflow_common::order::{Line, ValidOrder};
 
 use crate::lifecycle::Step;
 use crate::protocol_trace::{self, Step as TraceStep};
-use crate::reservation::{self, Applied, ErrorClass, LifecycleSettings, Part, PartResult, ReserveError};
+use crate::reservation::{self, Applied, ErrorClass, LifecycleSettings, Locking, Part, PartResult, ReserveError, Touches};
 use crate::stats::Stats;
 use crate::stuck::StuckWrites;
 
@@ -102,9 +102,7 @@ impl WorkerPool {
         let (parts, parked) = plan(&items, &located, self.workers);
         // The parking transaction is the last part in the protocol trace.
         let park_index = parts.len();
-        let writes = parts.iter().enumerate().map(|(index, part)| {
-            committed(index, self.retrying(Some(index), part.steps.len(), abandon, || reservation::apply(&self.pool, part, &self.lifecycle)))
-        });
+        let writes = parts.iter().enumerate().map(|(index, part)| self.write_part(index, part, abandon));
         let park = async {
             if parked.is_empty() {
                 return Ok((PartResult::default(), 0));
@@ -121,6 +119,41 @@ impl WorkerPool {
             written.outbox += part.outbox;
         }
         Ok(written)
+    }
+
+    /// Writes one part: first all of it under NOWAIT locks. After a lock conflict (another
+    /// consumer's transaction holds some of its rows), each attempt takes the rows that are
+    /// free and writes the components they cover, until none is left (`Locking::Available`).
+    /// Each of those commits is one `PartCommitted` of part `index` in the protocol trace.
+    async fn write_part(&self, index: usize, part: &Part<'_>, abandon: &CancellationToken) -> Result<(PartResult, u64), Abandoned> {
+        let mut total = PartResult::default();
+        let mut conflicts = 0;
+        let mut rest = None;
+        let mut locking = Locking::All;
+        loop {
+            let current = rest.as_ref().unwrap_or(part);
+            let ((mut done, left), met) = self
+                .retrying(Some(index), current.steps.len(), abandon, || {
+                    reservation::apply_with(&self.pool, current, &self.lifecycle, std::mem::replace(&mut locking, Locking::Available))
+                })
+                .await?;
+            if let Some(trace) = done.trace.take() {
+                protocol_trace::record(|| trace.part_committed(index));
+            }
+            conflicts += met;
+            total.applied += done.applied;
+            total.events.extend(done.events);
+            total.outbox += done.outbox;
+            match left {
+                None => return Ok((total, conflicts)),
+                Some(left) => {
+                    // Part of it went ahead; the rest met rows held elsewhere.
+                    conflicts += 1;
+                    self.stats.record_lock_conflict();
+                    rest = Some(left);
+                }
+            }
+        }
     }
 
     /// Runs `attempt` until it succeeds, or until `abandon` fires; returns its result and the
@@ -261,24 +294,6 @@ fn unique(messages: &[Inbound]) -> (Vec<Item<'_>>, u64) {
     (items, dropped)
 }
 
-/// The products a step touches: a placement's lines, or those of the order a command acts on
-/// (from the batch, or located in the database).
-#[derive(Debug, Clone, Copy)]
-enum Products<'a> {
-    Lines(&'a [Line]),
-    Located(&'a [String]),
-}
-
-impl<'a> Products<'a> {
-    fn iter(self) -> impl Iterator<Item = &'a str> {
-        let (lines, located) = match self {
-            Self::Lines(lines) => (lines, &[][..]),
-            Self::Located(located) => (&[][..], located),
-        };
-        lines.iter().map(|line| line.product_id.as_str()).chain(located.iter().map(String::as_str))
-    }
-}
-
 /// Splits the batch into parts by product (`split::split`: a cart's products, and a cart
 /// command's, stay in one part) and orders each part's steps: batch order, except that a
 /// command whose order comes later in the batch (another partition: Kafka orders nothing
@@ -295,13 +310,13 @@ fn plan<'a>(items: &[Item<'a>], located: &'a HashMap<Uuid, Vec<String>>, parts: 
             Item::Command(_) => None,
         })
         .collect();
-    let mut sequence: Vec<(Products<'a>, Step<'a>)> = Vec::with_capacity(items.len());
+    let mut sequence: Vec<(Touches<'a>, Step<'a>)> = Vec::with_capacity(items.len());
     let mut deferred: HashMap<Uuid, Vec<&'a ValidCommand>> = HashMap::new();
     let mut parked = Vec::new();
     for (index, item) in items.iter().enumerate() {
         match *item {
             Item::Place(order) => {
-                let products = Products::Lines(order.lines());
+                let products = Touches::Lines(order.lines());
                 sequence.push((products, Step::Place(order)));
                 for command in deferred.remove(&order.order_id).into_iter().flatten() {
                     sequence.push((products, Step::Command { command, parked: false }));
@@ -309,9 +324,9 @@ fn plan<'a>(items: &[Item<'a>], located: &'a HashMap<Uuid, Vec<String>>, parts: 
             }
             Item::Command(command) => match placed.get(&command.order_id) {
                 Some(&(at, _)) if at > index => deferred.entry(command.order_id).or_default().push(command),
-                Some(&(_, lines)) => sequence.push((Products::Lines(lines), Step::Command { command, parked: false })),
+                Some(&(_, lines)) => sequence.push((Touches::Lines(lines), Step::Command { command, parked: false })),
                 None => match located.get(&command.order_id) {
-                    Some(products) => sequence.push((Products::Located(products), Step::Command { command, parked: false })),
+                    Some(products) => sequence.push((Touches::Located(products), Step::Command { command, parked: false })),
                     None => parked.push(command),
                 },
             },
@@ -321,10 +336,8 @@ fn plan<'a>(items: &[Item<'a>], located: &'a HashMap<Uuid, Vec<String>>, parts: 
     let parts = crate::split::split(&sequence, parts, |(products, _)| products.iter())
         .into_iter()
         .map(|group| {
-            let mut products: Vec<&'a str> = group.iter().flat_map(|(products, _)| products.iter()).collect();
-            products.sort_unstable();
-            products.dedup();
-            Part { steps: group.into_iter().map(|(_, step)| step).collect(), products }
+            let (touches, steps) = group.into_iter().unzip();
+            Part::new(steps, touches)
         })
         .collect();
     (parts, parked)

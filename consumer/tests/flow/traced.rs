@@ -189,7 +189,9 @@ pub async fn rebalance_run() -> TracedRun {
     for (product, stock) in REBALANCE_STOCK {
         stack.set_stock(product, stock).await;
     }
-    let small = [("BATCH_SIZE", "100"), ("KAFKA_MAX_POLL_INTERVAL_MS", "4000")];
+    // Two workers for four components (PROD001, PROD002+PROD003 linked by carts, PROD004,
+    // PROD005): parts hold several, so a held row lets the others go ahead.
+    let small = [("BATCH_SIZE", "100"), ("WORKERS", "2"), ("KAFKA_MAX_POLL_INTERVAL_MS", "4000")];
     let done = tokio_util::sync::CancellationToken::new();
     let publish = async {
         let producer = stack.kafka_producer();
