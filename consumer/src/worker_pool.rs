@@ -22,6 +22,7 @@ use orderflow_common::log_limit::{self, LogLimiter};
 use orderflow_common::order::{Line, ValidOrder};
 
 use crate::lifecycle::Step;
+use crate::protocol_trace::{self, Step as TraceStep};
 use crate::reservation::{self, Applied, ErrorClass, LifecycleSettings, Locking, Part, PartResult, ReserveError, Touches};
 use crate::stats::Stats;
 use crate::stuck::StuckWrites;
@@ -104,15 +105,17 @@ impl WorkerPool {
         let located = if elsewhere.is_empty() {
             HashMap::new()
         } else {
-            self.retrying(elsewhere.len(), abandon, || locate(&self.pool, &elsewhere)).await?.0
+            self.retrying(None, elsewhere.len(), abandon, || locate(&self.pool, &elsewhere)).await?.0
         };
         let (parts, parked) = plan(&items, &located, self.workers);
-        let writes = parts.iter().map(|part| self.write_part(part, abandon));
+        // The parking transaction is the last part in the protocol trace.
+        let park_index = parts.len();
+        let writes = parts.iter().enumerate().map(|(index, part)| self.write_part(index, part, abandon));
         let park = async {
             if parked.is_empty() {
                 return Ok((PartResult::default(), 0));
             }
-            self.retrying(parked.len(), abandon, || reservation::park(&self.pool, &parked, &self.lifecycle)).await
+            committed(park_index, self.retrying(Some(park_index), parked.len(), abandon, || reservation::park(&self.pool, &parked, &self.lifecycle))).await
         };
         let (results, parked) = tokio::join!(join_all(writes), park);
         let mut written = Written { applied: Applied { already_applied: duplicates, ..Applied::default() }, ..Written::default() };
@@ -129,23 +132,28 @@ impl WorkerPool {
     /// Writes one part: all of it under NOWAIT locks. After a lock conflict (another
     /// consumer's transaction holds some of its rows), each attempt takes the rows that are
     /// free and writes the components they cover, until none is left (`Locking::Available`).
+    /// Each of those commits is one `PartCommitted` of part `index` in the protocol trace.
     ///
     /// While this consumer meets conflicts (within CONTENDED_FOR of the last), parts start
     /// with `Available`: a NOWAIT attempt that fails has locked, and written to, every row
-    /// before the held one, and rolls it all back. Measured with 4 consumers, 200k orders
-    /// each: NOWAIT first gave catalog 12,278/s and flash-sale 51,800/s; SKIP LOCKED first
-    /// 27,814/s and 89,088/s (README, Scaling). A single consumer never conflicts and always
-    /// takes its locks NOWAIT.
-    async fn write_part(&self, part: &Part<'_>, abandon: &CancellationToken) -> Result<(PartResult, u64), Abandoned> {
+    /// before the held one, and rolls it all back. With 4 consumers on the 100,000-product
+    /// catalog, NOWAIT first gave 12,278/s and this 28,526/s (README, Scaling). A single
+    /// consumer never conflicts and always takes its locks NOWAIT.
+    async fn write_part(&self, index: usize, part: &Part<'_>, abandon: &CancellationToken) -> Result<(PartResult, u64), Abandoned> {
         let mut total = PartResult::default();
         let mut conflicts = 0;
         let mut rest = None;
         let mut locking = if self.contended() { Locking::Available } else { Locking::All };
         loop {
             let current = rest.as_ref().unwrap_or(part);
-            let ((done, left), met) = self
-                .retrying(current.steps.len(), abandon, || reservation::apply_with(&self.pool, current, &self.lifecycle, std::mem::replace(&mut locking, Locking::Available)))
+            let ((mut done, left), met) = self
+                .retrying(Some(index), current.steps.len(), abandon, || {
+                    reservation::apply_with(&self.pool, current, &self.lifecycle, std::mem::replace(&mut locking, Locking::Available))
+                })
                 .await?;
+            if let Some(trace) = done.trace.take() {
+                protocol_trace::record(|| trace.part_committed(index));
+            }
             conflicts += met;
             if met > 0 || left.is_some() {
                 self.mark_contended();
@@ -174,8 +182,9 @@ impl WorkerPool {
     }
 
     /// Runs `attempt` until it succeeds, or until `abandon` fires; returns its result and the
-    /// number of lock conflicts it met. `size` (messages) is for the logs.
-    async fn retrying<T, F, Fut>(&self, size: usize, abandon: &CancellationToken, mut attempt: F) -> Result<(T, u64), Abandoned>
+    /// number of lock conflicts it met. `size` (messages) is for the logs; `part`, the index
+    /// of the part it writes, for the protocol trace.
+    async fn retrying<T, F, Fut>(&self, part: Option<usize>, size: usize, abandon: &CancellationToken, mut attempt: F) -> Result<(T, u64), Abandoned>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ReserveError>>,
@@ -195,6 +204,9 @@ impl WorkerPool {
                 Err(error) => error,
             };
             attempts += 1;
+            if let Some(part) = part {
+                protocol_trace::record(|| TraceStep::PartFailed { part, conflict: error.class() == ErrorClass::Conflict });
+            }
             let cause = match error.class() {
                 ErrorClass::Conflict => "lock_conflict",
                 ErrorClass::Transient => "database_error",
@@ -246,6 +258,20 @@ impl WorkerPool {
             }
         }
     }
+}
+
+/// Records a part's commit in the protocol trace as soon as its transaction returns.
+async fn committed(
+    index: usize,
+    write: impl Future<Output = Result<(PartResult, u64), Abandoned>>,
+) -> Result<(PartResult, u64), Abandoned> {
+    let mut result = write.await;
+    if let Ok((part, _)) = &mut result {
+        if let Some(trace) = part.trace.take() {
+            protocol_trace::record(|| trace.part_committed(index));
+        }
+    }
+    result
 }
 
 async fn locate(pool: &Pool, order_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<String>>, ReserveError> {
