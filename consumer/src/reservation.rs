@@ -343,7 +343,12 @@ pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -
                         result.events.push(redelivered_command_event(command, stored, &existing));
                     }
                 }
-                _ => steps.push(Step::Command { command, parked }),
+                // Parked earlier: the message that parked it may be another member's, whose
+                // offset is committed already, so no redelivery would bring this decision's
+                // event back after a crash. It goes through the outbox (found by the model
+                // checker, issue #14).
+                Some(_) => steps.push(Step::Command { command, parked: true }),
+                None => steps.push(Step::Command { command, parked }),
             },
         }
     }
