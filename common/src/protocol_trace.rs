@@ -48,8 +48,10 @@ pub enum Message {
 
 /// What one committed transaction did to one order. `change` is the order's new status
 /// ("reserved", "rejected", "confirmed", "cancelled", "expired"), or "already_applied"
-/// (a redelivered placement), "refused" (a command that changed nothing), "parked" (a
-/// command whose order is not stored yet).
+/// (a redelivered placement, or a command decided before), "refused" (a command that
+/// changed nothing), "parked" (a command whose order is not stored yet). A command that
+/// finds its hold past the deadline expires it and is refused: `change` "expired" with its
+/// `command_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Effect {
     pub order_id: Uuid,
@@ -71,7 +73,11 @@ pub struct StockMove {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommitCause {
-    /// After a batch, for every assigned partition.
+    /// After a batch, for every assigned partition. Asynchronous: recorded when handed to
+    /// librdkafka, and the coordinator may still refuse it (during a rebalance it does, the
+    /// rebalance run shows it in librdkafka's log); the commit callback that would tell was
+    /// not called in that run (rust-rdkafka 0.39's StreamConsumer), so the trace cannot say.
+    /// The group's offset may stay at an earlier commit.
     Batch,
     /// In the revoke callback, for the revoked partitions.
     Revoke,
@@ -90,8 +96,20 @@ pub enum Step {
     Revoked { partitions: Vec<i32> },
     /// A batch was collected and its revoked partitions' messages dropped: what is written next.
     Polled { messages: Vec<(Position, Message)> },
-    /// One part's transaction committed, with what it did.
-    PartCommitted { part: usize, effects: Vec<Effect>, stock: Vec<StockMove>, outbox_events: Vec<Uuid> },
+    /// One part's transaction committed, with what it did. `part` is the part's index in
+    /// its batch; the transaction that parks commands whose order is unknown comes last
+    /// (index = number of parts). `events` are the events the part hands to the batch loop,
+    /// published after every part committed (`EventsPublished { via_outbox: false }`),
+    /// redelivered changes' rebuilt events included; `outbox_events` were written in the
+    /// transaction, for the relay.
+    PartCommitted {
+        part: usize,
+        effects: Vec<Effect>,
+        stock: Vec<StockMove>,
+        outbox_events: Vec<Uuid>,
+        #[serde(default)]
+        events: Vec<Uuid>,
+    },
     /// One part's transaction rolled back (a NOWAIT conflict or another error); it is retried.
     PartFailed { part: usize, conflict: bool },
     /// The broker acknowledged these events (batch path or outbox relay).
@@ -100,8 +118,17 @@ pub enum Step {
     OffsetsRecorded { next: Vec<Position> },
     /// Offsets handed to the coordinator (`offset` is the next offset to read).
     OffsetsCommitted { offsets: Vec<Position>, cause: CommitCause },
-    /// The expiry sweeper's transaction committed.
-    Swept { expired: Vec<Uuid>, stock: Vec<StockMove>, outbox_events: Vec<Uuid> },
+    /// One of the sweeper's transactions committed: an expiry (`expired`), parked commands
+    /// decided because their order arrived, or parked commands refused `unknown_order`
+    /// (those two in `effects`, with their command ids; an expiry a late command caused is
+    /// in both). Its events are in the outbox only.
+    Swept {
+        expired: Vec<Uuid>,
+        stock: Vec<StockMove>,
+        outbox_events: Vec<Uuid>,
+        #[serde(default)]
+        effects: Vec<Effect>,
+    },
 }
 
 /// The environment variable that switches recording on: a directory for the trace files.

@@ -16,6 +16,7 @@ use orderflow_common::log_limit::{self, LogLimiter};
 use crate::control::{Control, PartitionStatus};
 use crate::gaps::{self, Gaps};
 use crate::offsets::ProcessedOffsets;
+use crate::protocol_trace::{self, CommitCause, Step};
 
 static COMMIT_FAILURES: LogLimiter = LogLimiter::new(log_limit::EVERY);
 
@@ -83,6 +84,7 @@ impl ConsumerContext for OrderflowContext {
                 tracing::info!(partitions = ?assigned, "partitions assigned");
                 // A new ticket each: a batch polled before a revoke of these is stale.
                 self.offsets.assign(&assigned);
+                protocol_trace::record(|| Step::Assigned { partitions: assigned.clone() });
                 // librdkafka reports a lag only once the group has committed an offset, so a
                 // fresh stack would export no lag series at all. 0 until the statistics know.
                 for partition in &assigned {
@@ -102,12 +104,14 @@ impl ConsumerContext for OrderflowContext {
                 // reads them again and applies them idempotently.
                 let done = self.offsets.to_commit(&self.topic, Some(&revoked));
                 if done.count() > 0 {
-                    if let Err(error) = consumer.commit(&done, CommitMode::Sync) {
-                        tracing::warn!(error = %Chain(&error), "commit on revoke failed; the next owner re-applies (idempotently)");
+                    match consumer.commit(&done, CommitMode::Sync) {
+                        Ok(()) => protocol_trace::record(|| protocol_trace::offsets_committed(&done, CommitCause::Revoke)),
+                        Err(error) => tracing::warn!(error = %Chain(&error), "commit on revoke failed; the next owner re-applies (idempotently)"),
                     }
                 }
                 self.offsets.forget(&revoked);
                 self.gaps.forget(&revoked);
+                protocol_trace::record(|| Step::Revoked { partitions: revoked.clone() });
             }
             Rebalance::Error(error) => tracing::error!(error = %Chain(error), "rebalance error"),
         }

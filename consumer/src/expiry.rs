@@ -29,6 +29,7 @@ use orderflow_common::log_limit::{self, LogLimiter};
 use crate::events::{self, CommandOutcome};
 use crate::lifecycle::{is_due, Change, Hold, Refusal, Status, Step, StockDelta};
 use crate::outbox::{self, Relay};
+use crate::protocol_trace::{self, Effect, Effects};
 use crate::reservation::{self, ErrorClass, LifecycleSettings, Part, ReserveError};
 use crate::stats::Stats;
 
@@ -261,6 +262,13 @@ impl Sweeper {
         reservation::move_stock(&transaction, &deltas).await?;
         outbox::write(&transaction, &events).await?;
         transaction.commit().await?;
+        if !rows.is_empty() {
+            protocol_trace::record(|| {
+                let effects = rows.iter().map(|row| Effect { order_id: row.get(0), command_id: None, change: "expired".to_owned() }).collect();
+                let outbox_events = events.iter().map(|e| e.event_id).collect();
+                Effects { effects, stock: protocol_trace::stock_moves(&deltas), outbox_events, events: Vec::new() }.swept()
+            });
+        }
         Ok(rows.len() as u64)
     }
 
@@ -290,7 +298,10 @@ impl Sweeper {
         loop {
             match reservation::apply(&self.pool, &part, &self.lifecycle).await {
                 // Events of commands decided by someone else meanwhile were published by them.
-                Ok(result) => {
+                Ok(mut result) => {
+                    if let Some(trace) = result.trace.take() {
+                        protocol_trace::record(|| trace.swept());
+                    }
                     self.stats.record_commands(&result.applied);
                     return Ok(result.applied.commands() - result.applied.parked);
                 }
@@ -330,6 +341,10 @@ impl Sweeper {
         }
         outbox::write(&transaction, &events).await?;
         transaction.commit().await?;
+        protocol_trace::record(|| {
+            let effects = rows.iter().map(|row| Effect { order_id: row.get(2), command_id: Some(row.get(0)), change: "refused".to_owned() }).collect();
+            Effects { effects, outbox_events: events.iter().map(|e| e.event_id).collect(), ..Effects::default() }.swept()
+        });
         self.stats.record_commands(&applied);
         tracing::info!(refused = rows.len(), "parked commands refused: their orders never arrived");
         Ok(rows.len() as u64)

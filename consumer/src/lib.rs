@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod offsets;
 pub mod outbox;
 pub mod pipeline;
+pub mod protocol_trace;
 pub mod replay;
 pub mod reservation;
 pub mod settings;

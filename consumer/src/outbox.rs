@@ -18,6 +18,7 @@ use orderflow_common::log_limit::{self, LogLimiter};
 
 use crate::events::{EventPublisher, StoredEvent};
 use crate::fault;
+use crate::protocol_trace::{self, Step};
 
 /// Rows per relay transaction.
 const CLAIM: i64 = 5_000;
@@ -25,7 +26,7 @@ const CLAIM: i64 = 5_000;
 const INSERT: &str = "INSERT INTO order_events_outbox (event_id, customer_id, payload) \
      SELECT e.event_id, e.customer_id, e.payload::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[]) AS e(event_id, customer_id, payload)";
 
-const CLAIM_ROWS: &str = "SELECT id, customer_id, payload::text FROM order_events_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
+const CLAIM_ROWS: &str = "SELECT id, customer_id, payload::text, event_id FROM order_events_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
 
 const DELETE_ROWS: &str = "DELETE FROM order_events_outbox WHERE id = ANY($1)";
 
@@ -88,6 +89,7 @@ impl Relay {
         let events: Vec<StoredEvent> = rows.iter().map(|row| StoredEvent { customer_id: row.get(1), payload: row.get(2) }).collect();
         // On failure the transaction rolls back when dropped: the rows stay for the next try.
         self.publisher.publish(&events, "outbox").await?;
+        protocol_trace::record(|| Step::EventsPublished { event_ids: rows.iter().map(|row| row.get(3)).collect(), via_outbox: true });
         let delete = transaction.prepare_cached(DELETE_ROWS).await?;
         transaction.execute(&delete, &[&ids]).await?;
         transaction.commit().await?;

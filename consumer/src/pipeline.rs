@@ -26,6 +26,7 @@ use crate::dead_letters::{DeadLetter, DeadLetterQueue};
 use crate::events::EventPublisher;
 use crate::fault;
 use crate::outbox::{self, Relay};
+use crate::protocol_trace::{self, CommitCause, Position, Step};
 use crate::gaps::{self, Gaps};
 use crate::offsets::{self, ProcessedOffsets, Ticket};
 use crate::settings::BatchSettings;
@@ -105,7 +106,10 @@ impl Pipeline {
         let done = self.offsets.to_commit(&self.topic, Some(&self.assigned()));
         if done.count() > 0 {
             match self.consumer.commit(&done, CommitMode::Sync) {
-                Ok(()) => tracing::info!(partitions = done.count(), "final offset commit done"),
+                Ok(()) => {
+                    protocol_trace::record(|| protocol_trace::offsets_committed(&done, CommitCause::Final));
+                    tracing::info!(partitions = done.count(), "final offset commit done")
+                }
                 Err(error) => tracing::warn!(error = %Chain(&error), "final offset commit failed; redelivered orders are applied idempotently"),
             }
         }
@@ -186,6 +190,9 @@ impl Pipeline {
     fn start(&self, batch: Vec<Received>, abandon: &CancellationToken) -> InFlight {
         let started = Instant::now();
         let batch = self.drop_revoked(batch);
+        protocol_trace::record(|| Step::Polled {
+            messages: batch.iter().map(|r| (Position { partition: r.partition, offset: r.offset }, protocol_trace::message(r.message.as_ref().ok()))).collect(),
+        });
         let mut messages = Vec::with_capacity(batch.len());
         let mut positions = Vec::with_capacity(batch.len());
         let mut letters = Vec::new();
@@ -239,12 +246,18 @@ impl Pipeline {
         // A partition revoked while this batch was written belongs to another member now:
         // its offsets are that member's to commit, and it re-applies these orders idempotently.
         let assigned = self.assigned();
-        for (partition, offset) in offsets::recordable(&in_flight.positions, &assigned, |p| self.offsets.ticket(p)) {
-            self.offsets.record(partition, offset);
+        let recordable = offsets::recordable(&in_flight.positions, &assigned, |p| self.offsets.ticket(p));
+        for (partition, offset) in &recordable {
+            self.offsets.record(*partition, *offset);
         }
+        protocol_trace::record(|| protocol_trace::offsets_recorded(&recordable, &assigned));
         let commit = self.offsets.to_commit(&self.topic, Some(&assigned));
         if commit.count() > 0 {
-            if let Err(error) = self.consumer.commit(&commit, CommitMode::Async) {
+            let handed = self.consumer.commit(&commit, CommitMode::Async);
+            if handed.is_ok() {
+                protocol_trace::record(|| protocol_trace::offsets_committed(&commit, CommitCause::Batch));
+            }
+            if let Err(error) = handed {
                 if let Some(suppressed) = COMMIT_ERRORS.allow(&kind(&error)) {
                     tracing::warn!(error = %Chain(&error), suppressed, "could not queue the offset commit; retried after the next batch");
                 }
@@ -395,7 +408,10 @@ async fn send_events(publisher: &EventPublisher, events: &[OrderEvent], abandon:
     let mut attempt = 0_u32;
     loop {
         let error = match publisher.publish(events, "batch").await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                protocol_trace::record(|| Step::EventsPublished { event_ids: events.iter().map(|e| e.event_id).collect(), via_outbox: false });
+                return Ok(());
+            }
             Err(error) => error,
         };
         attempt += 1;

@@ -20,6 +20,7 @@ use crate::allocation::{Decision, RejectReason};
 use crate::events::{self, CommandOutcome};
 use crate::lifecycle::{Change, HeldLine, Hold, Ledger, Outcome, Refusal, Status, Step, StockDelta, Verdict};
 use crate::outbox;
+use crate::protocol_trace::{self, Effects};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {
@@ -184,6 +185,8 @@ pub struct PartResult {
     pub applied: Applied,
     pub events: Vec<OrderEvent>,
     pub outbox: usize,
+    /// What it did, for the protocol trace: gathered only when recording.
+    pub trace: Option<Effects>,
 }
 
 // Sorting before locking gives every transaction the same lock order. With NOWAIT that
@@ -320,12 +323,14 @@ pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -
     }
 
     let mut result = PartResult::default();
+    let mut trace = Effects::if_enabled();
     let mut steps = Vec::with_capacity(part.steps.len());
     for step in &part.steps {
         match *step {
             Step::Place(order) => {
                 if let Some(stored) = existing.get(&order.order_id) {
                     result.applied.already_applied += 1;
+                    Effects::note(&mut trace, order.order_id, None, "already_applied");
                     if settings.events {
                         result.events.push(events::placed(order.order_id, &stored.hold, stored.reason.as_deref(), stored.processed_at));
                     }
@@ -339,6 +344,7 @@ pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -
             Step::Command { command, parked } => match decided.get(&command.command_id) {
                 Some(stored) if stored.0 != "pending" => {
                     result.applied.already_applied += 1;
+                    Effects::note(&mut trace, command.order_id, Some(command.command_id), "already_applied");
                     if settings.events {
                         result.events.push(redelivered_command_event(command, stored, &existing));
                     }
@@ -366,6 +372,7 @@ pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -
                     Decision::Rejected(RejectReason::UnknownProduct) => result.applied.unknown_product += 1,
                 }
                 writes.placements.push((order, *decision, *expires_at));
+                Effects::note(&mut trace, order.order_id, None, decision.status());
                 if order.lines.is_cart() {
                     writes.carts.push((order, short.as_slice()));
                 }
@@ -388,6 +395,7 @@ pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -
                     writes.changes.insert(command.order_id, change);
                 }
                 writes.commands.push((command, Some(*verdict)));
+                Effects::note(&mut trace, command.order_id, Some(command.command_id), verdict.change.map_or("refused", |c| c.status().as_str()));
                 if settings.events {
                     let hold = &ledger.orders[&command.order_id];
                     let event = events::decided(
@@ -411,6 +419,7 @@ pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -
             }
             (Step::Command { command, .. }, Outcome::Unknown { .. }) => {
                 result.applied.parked += 1;
+                Effects::note(&mut trace, command.order_id, Some(command.command_id), "parked");
                 writes.commands.push((command, None));
             }
             (step, outcome) => unreachable!("the ledger answers each step in kind: {step:?} -> {outcome:?}"),
@@ -428,6 +437,12 @@ pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -
     outbox::write(&transaction, &outbox_events).await?;
     transaction.commit().await?;
     result.outbox = outbox_events.len();
+    result.trace = trace.map(|trace| Effects {
+        stock: protocol_trace::stock_moves(&ledger.deltas),
+        outbox_events: outbox_events.iter().map(|e| e.event_id).collect(),
+        events: result.events.iter().map(|e| e.event_id).collect(),
+        ..trace
+    });
     Ok(result)
 }
 
@@ -455,6 +470,7 @@ pub async fn park(pool: &Pool, commands: &[&ValidCommand], settings: &LifecycleS
         decided.iter().map(|row| (row.get(0), (row.get(1), row.get(2), row.get(3)))).collect();
     let existing: HashMap<Uuid, Stored> = found.iter().map(|row| (row.get(0), Stored::from_row(row))).collect();
     let mut result = PartResult::default();
+    let mut trace = Effects::if_enabled();
     let mut new = Vec::new();
     for command in commands {
         match decided.get(&command.command_id) {
@@ -463,16 +479,22 @@ pub async fn park(pool: &Pool, commands: &[&ValidCommand], settings: &LifecycleS
                 if settings.events {
                     result.events.push(redelivered_command_event(command, stored, &existing));
                 }
+                Effects::note(&mut trace, command.order_id, Some(command.command_id), "already_applied");
             }
-            Some(_) => result.applied.already_applied += 1,
+            Some(_) => {
+                result.applied.already_applied += 1;
+                Effects::note(&mut trace, command.order_id, Some(command.command_id), "already_applied");
+            }
             None => {
                 result.applied.parked += 1;
                 new.push((*command, None));
+                Effects::note(&mut trace, command.order_id, Some(command.command_id), "parked");
             }
         }
     }
     record_commands(&transaction, &new, now).await?;
     transaction.commit().await?;
+    result.trace = trace.map(|trace| Effects { events: result.events.iter().map(|e| e.event_id).collect(), ..trace });
     Ok(result)
 }
 

@@ -29,6 +29,7 @@ use crate::gaps::Gaps;
 use orderflow_common::admin_auth::AdminToken;
 use crate::offsets::ProcessedOffsets;
 use crate::pipeline::{OrderConsumer, Pipeline};
+use crate::protocol_trace::{self, Step};
 use crate::settings::Settings;
 use crate::stats::Stats;
 use crate::status_report::{Member, StatusReporter};
@@ -44,6 +45,8 @@ pub enum StartupError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Database(#[from] DbError),
+    #[error("cannot open the protocol trace file (ORDERFLOW_PROTOCOL_TRACE): {0}")]
+    ProtocolTrace(#[source] std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -70,6 +73,9 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         fault::arm_from_env();
+        protocol_trace::init_from_env().map_err(StartupError::ProtocolTrace)?;
+        let lifecycle = settings.holds.lifecycle();
+        protocol_trace::record(|| Step::Started { default_hold_seconds: lifecycle.default_hold_seconds, events: lifecycle.events });
         let pool = db::pool(&settings.database)?;
         db::migrate(&pool).await?;
 
@@ -106,7 +112,6 @@ impl Application {
             .map_err(listen)?
             .run();
 
-        let lifecycle = settings.holds.lifecycle();
         let events = if lifecycle.events {
             Some(Arc::new(EventPublisher::new(&settings.kafka, &settings.holds.events_topic, stats.clone())?))
         } else {

@@ -21,6 +21,7 @@ use orderflow_common::log_limit::{self, LogLimiter};
 use orderflow_common::order::{Line, ValidOrder};
 
 use crate::lifecycle::Step;
+use crate::protocol_trace::{self, Step as TraceStep};
 use crate::reservation::{self, Applied, ErrorClass, LifecycleSettings, Part, PartResult, ReserveError};
 use crate::stats::Stats;
 use crate::stuck::StuckWrites;
@@ -96,15 +97,19 @@ impl WorkerPool {
         let located = if elsewhere.is_empty() {
             HashMap::new()
         } else {
-            self.retrying(elsewhere.len(), abandon, || locate(&self.pool, &elsewhere)).await?.0
+            self.retrying(None, elsewhere.len(), abandon, || locate(&self.pool, &elsewhere)).await?.0
         };
         let (parts, parked) = plan(&items, &located, self.workers);
-        let writes = parts.iter().map(|part| self.retrying(part.steps.len(), abandon, || reservation::apply(&self.pool, part, &self.lifecycle)));
+        // The parking transaction is the last part in the protocol trace.
+        let park_index = parts.len();
+        let writes = parts.iter().enumerate().map(|(index, part)| {
+            committed(index, self.retrying(Some(index), part.steps.len(), abandon, || reservation::apply(&self.pool, part, &self.lifecycle)))
+        });
         let park = async {
             if parked.is_empty() {
                 return Ok((PartResult::default(), 0));
             }
-            self.retrying(parked.len(), abandon, || reservation::park(&self.pool, &parked, &self.lifecycle)).await
+            committed(park_index, self.retrying(Some(park_index), parked.len(), abandon, || reservation::park(&self.pool, &parked, &self.lifecycle))).await
         };
         let (results, parked) = tokio::join!(join_all(writes), park);
         let mut written = Written { applied: Applied { already_applied: duplicates, ..Applied::default() }, ..Written::default() };
@@ -119,8 +124,9 @@ impl WorkerPool {
     }
 
     /// Runs `attempt` until it succeeds, or until `abandon` fires; returns its result and the
-    /// number of lock conflicts it met. `size` (messages) is for the logs.
-    async fn retrying<T, F, Fut>(&self, size: usize, abandon: &CancellationToken, mut attempt: F) -> Result<(T, u64), Abandoned>
+    /// number of lock conflicts it met. `size` (messages) is for the logs; `part`, the index
+    /// of the part it writes, for the protocol trace.
+    async fn retrying<T, F, Fut>(&self, part: Option<usize>, size: usize, abandon: &CancellationToken, mut attempt: F) -> Result<(T, u64), Abandoned>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ReserveError>>,
@@ -140,6 +146,9 @@ impl WorkerPool {
                 Err(error) => error,
             };
             attempts += 1;
+            if let Some(part) = part {
+                protocol_trace::record(|| TraceStep::PartFailed { part, conflict: error.class() == ErrorClass::Conflict });
+            }
             let cause = match error.class() {
                 ErrorClass::Conflict => "lock_conflict",
                 ErrorClass::Transient => "database_error",
@@ -191,6 +200,20 @@ impl WorkerPool {
             }
         }
     }
+}
+
+/// Records a part's commit in the protocol trace as soon as its transaction returns.
+async fn committed(
+    index: usize,
+    write: impl Future<Output = Result<(PartResult, u64), Abandoned>>,
+) -> Result<(PartResult, u64), Abandoned> {
+    let mut result = write.await;
+    if let Ok((part, _)) = &mut result {
+        if let Some(trace) = part.trace.take() {
+            protocol_trace::record(|| trace.part_committed(index));
+        }
+    }
+    result
 }
 
 async fn locate(pool: &Pool, order_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<String>>, ReserveError> {
