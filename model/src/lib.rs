@@ -8,6 +8,7 @@ pub mod db;
 pub mod mutation;
 pub mod properties;
 pub mod protocol;
+pub mod replay;
 pub mod report;
 pub mod state;
 pub mod world;
