@@ -14,6 +14,19 @@ use orderflow_consumer::lifecycle::{Change, Hold, HeldLine, Ledger, Outcome, Sta
 use crate::state::{Db, Ev, PartKind, Row, StepRef, StoredCommand, StoredOrder, Subject};
 use crate::world::World;
 
+/// How a transaction follows the protocol: both true, except under the mutations `NoDedup`
+/// (`dedup` false: a stored placement is applied again) and `CancelBeforeOrder`
+/// (`park_unknown` false: a command whose order is unknown is decided at once).
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub dedup: bool,
+    pub park_unknown: bool,
+}
+
+impl Rules {
+    pub const PROTOCOL: Self = Self { dedup: true, park_unknown: true };
+}
+
 /// What a committed transaction leaves for the batch loop: the events it must publish
 /// before the batch's offsets move (changes in the outbox are the relay's).
 #[derive(Debug, Default)]
@@ -67,16 +80,16 @@ impl Db {
     }
 
     /// `reservation::apply` for a part (or, with `PartKind::Park`, `reservation::park`) at
-    /// clock `tick`. `dedup` false is the `NoDedup` mutation; `park_unknown` false is
-    /// `CancelBeforeOrder`.
-    pub fn commit_part(&mut self, world: &World, kind: PartKind, steps: &[StepRef], products: &[u8], tick: u8, dedup: bool, park_unknown: bool) -> Committed {
+    /// clock `tick`.
+    pub fn commit_part(&mut self, world: &World, kind: PartKind, steps: &[StepRef], products: &[u8], tick: u8, rules: Rules) -> Committed {
         match kind {
-            PartKind::Apply => self.apply(world, steps, products, tick, dedup, park_unknown),
-            PartKind::Park => self.park(world, steps, park_unknown),
+            PartKind::Apply => self.apply(world, steps, products, tick, rules),
+            PartKind::Park => self.park(world, steps, rules.park_unknown),
         }
     }
 
-    fn apply(&mut self, world: &World, steps: &[StepRef], products: &[u8], tick: u8, dedup: bool, park_unknown: bool) -> Committed {
+    fn apply(&mut self, world: &World, steps: &[StepRef], products: &[u8], tick: u8, rules: Rules) -> Committed {
+        let Rules { dedup, park_unknown } = rules;
         let now = World::time(tick);
         let mut committed = Committed::default();
         let orders: Vec<_> = (0..world.orders.len() as u8).map(|o| world.valid_order(o)).collect();

@@ -230,17 +230,16 @@ impl OrderflowModel {
 
     /// With `CartPartByPart`, a part holding one line of a cart places only that line.
     fn commit(&self, db: &mut Db, part: &Part, tick: u8) -> Vec<crate::state::Ev> {
-        let dedup = !self.is(Mutation::NoDedup);
-        let park = !self.is(Mutation::CancelBeforeOrder);
+        let rules = crate::db::Rules { dedup: !self.is(Mutation::NoDedup), park_unknown: !self.is(Mutation::CancelBeforeOrder) };
         if self.is(Mutation::CartPartByPart) && part.kind == PartKind::Apply {
             // The world's order with only this part's lines: placed as if it were all.
             let mut world = self.world.clone();
             for spec in &mut world.orders {
                 spec.lines.retain(|(p, _)| part.products.contains(&(*p as u8)));
             }
-            return db.commit_part(&world, part.kind, &part.steps, &part.products, tick, dedup, park).batch_events;
+            return db.commit_part(&world, part.kind, &part.steps, &part.products, tick, rules).batch_events;
         }
-        db.commit_part(&self.world, part.kind, &part.steps, &part.products, tick, dedup, park).batch_events
+        db.commit_part(&self.world, part.kind, &part.steps, &part.products, tick, rules).batch_events
     }
 
     pub fn enabled(&self, state: &State) -> Vec<Action> {
@@ -440,7 +439,7 @@ impl Model for OrderflowModel {
                 products.sort_unstable();
                 products.dedup();
                 // decide_parked goes through reservation::apply: its events go to the outbox.
-                state.db.commit_part(world, PartKind::Apply, &steps, &products, state.clock, true, true);
+                state.db.commit_part(world, PartKind::Apply, &steps, &products, state.clock, crate::db::Rules::PROTOCOL);
             }
             Action::Relay => {
                 let events = state.db.relay();
