@@ -8,7 +8,7 @@
 //! the initial stock, reserved and sold exactly the lines of reserved and confirmed orders,
 //! an order applied once, a hold released once, a status change only as
 //! `lifecycle::decide` allows it, offsets recorded or committed only past messages whose
-//! effects committed, every event published for a change a committed transaction made.
+//! effects committed and never backwards, every event published for a change a committed transaction made.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -206,6 +206,11 @@ impl Replay {
                         self.polled.iter().find(|(at, message)| at.partition == position.partition && at.offset < position.offset && !durable(self, message))
                     {
                         return Err(format!("offset {} committed for P{} past P{}@{} whose effect is not committed", position.offset, position.partition, at.partition, at.offset));
+                    }
+                    // The model's "a committed offset never moves backwards" (the stale batch
+                    // of issue #14 broke it).
+                    if let Some(before) = self.committed.get(&position.partition).filter(|before| **before > position.offset) {
+                        return Err(format!("P{}'s committed offset moves backwards, from {before} to {}", position.partition, position.offset));
                     }
                     self.committed.insert(position.partition, position.offset);
                 }

@@ -147,3 +147,11 @@ fn a_hold_released_twice_is_refused() {
     trace[1].push(Record { member: B, seq: 7, at_us: 2000, step: expire });
     refused(trace, "ended from cancelled");
 }
+
+#[test]
+fn a_committed_offset_moving_backwards_is_refused() {
+    let mut trace = valid();
+    // A stale batch's commit after B's: the group's offset of P0 would go from 3 back to 1.
+    trace[1].push(Record { member: B, seq: 7, at_us: 2000, step: Step::OffsetsCommitted { offsets: vec![at(0, 1)], cause: CommitCause::Revoke } });
+    refused(trace, "moves backwards, from 3 to 1");
+}
