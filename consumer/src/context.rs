@@ -82,6 +82,8 @@ impl ConsumerContext for OrderflowContext {
             Rebalance::Assign(list) => {
                 let assigned = partitions(list);
                 tracing::info!(partitions = ?assigned, "partitions assigned");
+                // A new ticket each: a batch polled before a revoke of these is stale.
+                self.offsets.assign(&assigned);
                 protocol_trace::record(|| Step::Assigned { partitions: assigned.clone() });
                 // librdkafka reports a lag only once the group has committed an offset, so a
                 // fresh stack would export no lag series at all. 0 until the statistics know.

@@ -108,6 +108,26 @@ const REFUSE_STALE: &str = "UPDATE order_commands AS c SET outcome = 'refused', 
        AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = c.order_id) \
      RETURNING c.command_id, c.kind, c.order_id, c.customer_id, c.decided_at";
 
+/// The sweeper's rule, pure (the statements above carry it out set-based, the model checker
+/// calls it): a hold is expired by a transaction that holds the locks of `locked` when it is
+/// due at `now` and every one of its lines' products is locked (a cart's lines move together).
+pub fn expirable(hold: &Hold, locked: &[&str], now: DateTime<Utc>) -> bool {
+    is_due(hold.status, hold.expires_at, now) && hold.lines.iter().all(|line| locked.contains(&line.product_id.as_str()))
+}
+
+/// The products a sweep locks (`DUE_PRODUCTS`): every line's product of every due hold,
+/// sorted and unique, as `reservation::lock_products` takes them.
+pub fn due_products<'a>(holds: impl IntoIterator<Item = &'a Hold>, now: DateTime<Utc>) -> Vec<&'a str> {
+    let mut products: Vec<&str> = holds
+        .into_iter()
+        .filter(|hold| is_due(hold.status, hold.expires_at, now))
+        .flat_map(|hold| hold.lines.iter().map(|line| line.product_id.as_str()))
+        .collect();
+    products.sort_unstable();
+    products.dedup();
+    products
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
     #[error("expiry failed")]
@@ -229,7 +249,7 @@ impl Sweeper {
         for row in &rows {
             let order_id: Uuid = row.get(0);
             let hold = Hold { customer_id: row.get(1), lines: reservation::lines_of_row(row, 2, 5), status: Status::Reserved, expires_at: row.get(4) };
-            debug_assert!(is_due(hold.status, hold.expires_at, now), "the statement and the rule agree");
+            debug_assert!(expirable(&hold, &locked, now), "the statement and the rule agree");
             // Per product, the sum over every line of the expired orders.
             for (product, delta) in hold.stock(Change::Expire) {
                 debug_assert!(locked.contains(&product), "a cart is expired only with all its products locked");

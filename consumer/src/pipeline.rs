@@ -28,7 +28,7 @@ use crate::fault;
 use crate::outbox::{self, Relay};
 use crate::protocol_trace::{self, CommitCause, Position, Step};
 use crate::gaps::{self, Gaps};
-use crate::offsets::ProcessedOffsets;
+use crate::offsets::{self, ProcessedOffsets, Ticket};
 use crate::settings::BatchSettings;
 use crate::stats::Stats;
 use crate::reservation::Applied;
@@ -55,6 +55,8 @@ static EVENT_ERRORS: LogLimiter = LogLimiter::new(log_limit::EVERY);
 struct Received {
     partition: i32,
     offset: i64,
+    /// The partition's assignment when the message was polled (see `offsets::current`).
+    ticket: Option<Ticket>,
     /// The order or command, or the message as it arrived (for the dead-letter topic).
     message: Result<Inbound, DeadLetter>,
 }
@@ -84,7 +86,7 @@ pub struct Pipeline {
 /// A batch being written while the next one is collected.
 struct InFlight {
     write: JoinHandle<Result<Applied, Abandoned>>,
-    positions: Vec<(i32, i64)>,
+    positions: Vec<(i32, i64, Option<Ticket>)>,
     failed: u64,
     started: Instant,
     activity: BatchActivity,
@@ -176,7 +178,7 @@ impl Pipeline {
             };
             match message {
                 Ok(message) => {
-                    batch.push(Received::from(&message));
+                    batch.push(self.received(&message));
                     deadline.get_or_insert_with(|| Instant::now() + self.settings.max_wait());
                 }
                 Err(error) => consumer_error(error)?,
@@ -195,7 +197,7 @@ impl Pipeline {
         let mut positions = Vec::with_capacity(batch.len());
         let mut letters = Vec::new();
         for received in batch {
-            positions.push((received.partition, received.offset));
+            positions.push((received.partition, received.offset, received.ticket));
             match received.message {
                 Ok(message) => messages.push(message),
                 Err(letter) => {
@@ -244,12 +246,11 @@ impl Pipeline {
         // A partition revoked while this batch was written belongs to another member now:
         // its offsets are that member's to commit, and it re-applies these orders idempotently.
         let assigned = self.assigned();
-        for (partition, offset) in &in_flight.positions {
-            if assigned.contains(partition) {
-                self.offsets.record(*partition, *offset);
-            }
+        let recordable = offsets::recordable(&in_flight.positions, &assigned, |p| self.offsets.ticket(p));
+        for (partition, offset) in &recordable {
+            self.offsets.record(*partition, *offset);
         }
-        protocol_trace::record(|| protocol_trace::offsets_recorded(&in_flight.positions, &assigned));
+        protocol_trace::record(|| protocol_trace::offsets_recorded(&recordable, &assigned));
         let commit = self.offsets.to_commit(&self.topic, Some(&assigned));
         if commit.count() > 0 {
             let handed = self.consumer.commit(&commit, CommitMode::Async);
@@ -309,7 +310,7 @@ impl Pipeline {
                     wake = Instant::now() + poll_every;
                 }
                 message = self.consumer.recv(), if held => match message {
-                    Ok(message) => next.push(Received::from(&message)),
+                    Ok(message) => next.push(self.received(&message)),
                     Err(error) => consumer_error(error)?,
                 },
             }
@@ -345,15 +346,26 @@ impl Pipeline {
     }
 
     /// Messages of partitions revoked while the batch was being collected belong to their
-    /// new owner now; writing them would be harmless (idempotent) but wasted.
+    /// new owner now; writing them would be harmless (idempotent) but wasted. So do messages
+    /// polled before their partition was revoked and assigned back: their positions could not
+    /// be recorded (`offsets::recordable`), and the partition is fetched again from its
+    /// committed offset.
     fn drop_revoked(&self, batch: Vec<Received>) -> Vec<Received> {
         let owned: HashSet<i32> = self.assigned().into_iter().collect();
         let before = batch.len();
-        let kept: Vec<Received> = batch.into_iter().filter(|r| owned.contains(&r.partition)).collect();
+        let kept: Vec<Received> =
+            batch.into_iter().filter(|r| offsets::current(owned.contains(&r.partition), r.ticket, self.offsets.ticket(r.partition))).collect();
         if kept.len() < before {
             tracing::info!(dropped = before - kept.len(), "dropped messages of revoked partitions");
         }
         kept
+    }
+}
+
+impl Pipeline {
+    /// A message as read, with its partition's current ticket.
+    fn received(&self, message: &BorrowedMessage<'_>) -> Received {
+        Received { ticket: self.offsets.ticket(message.partition()), ..Received::from(message) }
     }
 }
 
@@ -366,7 +378,7 @@ impl From<&BorrowedMessage<'_>> for Received {
             payload: message.payload().map(<[u8]>::to_vec),
             error: error.to_string(),
         });
-        Self { partition: message.partition(), offset: message.offset(), message: parsed }
+        Self { partition: message.partition(), offset: message.offset(), ticket: None, message: parsed }
     }
 }
 

@@ -461,7 +461,12 @@ async fn write_locked(
                         result.events.push(redelivered_command_event(command, stored, &existing));
                     }
                 }
-                _ => steps.push(Step::Command { command, parked }),
+                // Parked earlier: the message that parked it may be another member's, whose
+                // offset is committed already, so no redelivery would bring this decision's
+                // event back after a crash. It goes through the outbox (found by the model
+                // checker, issue #14).
+                Some(_) => steps.push(Step::Command { command, parked: true }),
+                None => steps.push(Step::Command { command, parked }),
             },
         }
     }

@@ -280,9 +280,10 @@ async fn locate(pool: &Pool, order_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<Str
     Ok(client.query(&query, &[&order_ids]).await?.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-/// One message of the batch, after duplicates are dropped.
+/// One message of the batch, after duplicates are dropped. Public, with `unique` and `plan`,
+/// for the model checker (orderflow-model), which runs the same dedup and split.
 #[derive(Debug, Clone, Copy)]
-enum Item<'a> {
+pub enum Item<'a> {
     Place(&'a ValidOrder),
     Command(&'a ValidCommand),
 }
@@ -305,7 +306,7 @@ impl<'a> Item<'a> {
 
 /// A redelivery inside one batch carries the same order_id (or command_id) twice; the first
 /// one wins. Returns the rest in batch order, and how many were dropped.
-fn unique(messages: &[Inbound]) -> (Vec<Item<'_>>, u64) {
+pub fn unique(messages: &[Inbound]) -> (Vec<Item<'_>>, u64) {
     let mut orders = HashSet::with_capacity(messages.len());
     let mut commands = HashSet::new();
     let items: Vec<Item<'_>> = messages
@@ -326,7 +327,7 @@ fn unique(messages: &[Inbound]) -> (Vec<Item<'_>>, u64) {
 /// placement it acts on. A command acts on every product of its order, so a command for a
 /// cart locks all of the cart's products. Commands whose order is neither in the batch nor
 /// in `located` come back apart, to be parked.
-fn plan<'a>(items: &[Item<'a>], located: &'a HashMap<Uuid, Vec<String>>, parts: usize) -> (Vec<Part<'a>>, Vec<&'a ValidCommand>) {
+pub fn plan<'a>(items: &[Item<'a>], located: &'a HashMap<Uuid, Vec<String>>, parts: usize) -> (Vec<Part<'a>>, Vec<&'a ValidCommand>) {
     let placed: HashMap<Uuid, (usize, &'a [Line])> = items
         .iter()
         .enumerate()

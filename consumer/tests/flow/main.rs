@@ -19,6 +19,7 @@ mod plans;
 mod protocol_trace;
 mod race;
 mod redelivery;
+mod stale_batch;
 mod supervision;
 mod support;
 mod traced;
