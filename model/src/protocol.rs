@@ -58,6 +58,10 @@ pub enum Action {
     SweepWrite(u8),
 }
 
+/// A step of a part, by index, with the products of it that go along (all of its lines,
+/// except under `GoAheadPerLine`).
+type Picked = (usize, Vec<u8>);
+
 #[derive(Debug, Clone)]
 pub struct OrderflowModel {
     pub world: World,
@@ -245,12 +249,11 @@ impl OrderflowModel {
     pub fn go_ahead(&self, part: &Part, busy: u8) -> (Part, Part) {
         let name = |p: u8| self.world.product(usize::from(p));
         let is_busy = |product: &str| busy & (1 << self.world.product_index(product)) != 0;
-        // (step index, the products of it that go with it)
-        let (now, later): (Vec<(usize, Vec<u8>)>, Vec<(usize, Vec<u8>)>) = if self.is(Mutation::GoAheadPerLine) {
+        let (now, later): (Vec<Picked>, Vec<Picked>) = if self.is(Mutation::GoAheadPerLine) {
             let lines: Vec<(usize, u8)> = part.touches.iter().enumerate().flat_map(|(i, t)| t.iter().map(move |&p| (i, p))).collect();
             let (now, later) = split::go_ahead(&lines, |(_, p)| std::iter::once(name(p)), is_busy);
             let by_step = |lines: Vec<(usize, u8)>| {
-                let mut steps: Vec<(usize, Vec<u8>)> = Vec::new();
+                let mut steps: Vec<Picked> = Vec::new();
                 for (i, p) in lines {
                     match steps.iter_mut().find(|(j, _)| *j == i) {
                         Some((_, products)) => products.push(p),
@@ -267,7 +270,7 @@ impl OrderflowModel {
             let whole = |indices: Vec<usize>| indices.into_iter().map(|i| (i, part.touches[i].clone())).collect();
             (whole(now), whole(later))
         };
-        let sub = |picked: Vec<(usize, Vec<u8>)>| {
+        let sub = |picked: Vec<Picked>| {
             let mut products: Vec<u8> = picked.iter().flat_map(|(_, t)| t.iter().copied()).collect();
             products.sort_unstable();
             products.dedup();
