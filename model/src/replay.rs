@@ -47,6 +47,9 @@ pub struct ReplayReport {
     pub orders: usize,
     pub commands: usize,
     pub committed_transactions: usize,
+    /// Transactions of a part after its first in the same batch: partial commits
+    /// (`Locking::Available`) checked against `split::go_ahead`.
+    pub partial_commits: usize,
     pub events_published: usize,
     /// Changes whose event was never published (liveness: empty at the end of a run that
     /// drained; a run cut short may leave some).
@@ -67,6 +70,8 @@ struct MemberState {
     batch: Option<Vec<(Position, Message)>>,
     /// Its steps (unique by id, in batch order), for the partial-commit rule.
     steps: Vec<BatchStep>,
+    /// The part indexes that committed a transaction in this batch.
+    parts: HashSet<usize>,
 }
 
 /// A step of the batch in flight: a placement (by order id) or a command (by command id),
@@ -98,6 +103,7 @@ struct Replay {
     /// Every message polled, by position.
     polled: HashMap<Position, Message>,
     transactions: usize,
+    partial_commits: usize,
 }
 
 /// Replays the records of every member of a run (each member's file as `parse` read it),
@@ -127,6 +133,7 @@ pub fn validate(initial_stock: &[(&str, i64)], members: &[Vec<Record>]) -> Resul
         orders: replay.orders.len(),
         commands: replay.commands.len(),
         committed_transactions: replay.transactions,
+        partial_commits: replay.partial_commits,
         events_published: replay.published.len(),
         unpublished,
     })
@@ -173,6 +180,9 @@ impl Replay {
                     return Err("a part committed outside a batch".into());
                 }
                 go_ahead(&mut member.steps, *part, effects)?;
+                if !member.parts.insert(*part) {
+                    self.partial_commits += 1;
+                }
                 self.transactions += 1;
                 self.effects(effects)?;
                 self.move_stock(stock)?;
@@ -210,6 +220,7 @@ impl Replay {
                 let member = self.members.get_mut(&record.member).expect("entered above");
                 let batch = member.batch.take().ok_or("offsets recorded without a batch")?;
                 member.steps.clear();
+                member.parts.clear();
                 for position in next {
                     if let Some((at, _)) =
                         batch.iter().find(|(at, message)| at.partition == position.partition && at.offset < position.offset && !durable(self, message))

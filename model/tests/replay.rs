@@ -202,7 +202,7 @@ fn a_part_committed_in_two_transactions_validates() {
         committed(0, vec![effect(CART, None, "reserved"), effect(ON_Y, None, "rejected")], vec![moved("X", 1), moved("Y", 1)]),
     );
     let report = validate(&STOCK, &trace).unwrap_or_else(|d| panic!("{d}"));
-    assert_eq!((report.orders, report.committed_transactions), (3, 2));
+    assert_eq!((report.orders, report.committed_transactions, report.partial_commits), (3, 2, 1));
     assert!(report.unpublished.is_empty(), "{report:?}");
 }
 
