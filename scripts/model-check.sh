@@ -6,6 +6,7 @@
 #
 #   scripts/model-check.sh                 # the bounds below
 #   scripts/model-check.sh 1 2 1 0 2       # one run: crashes rebalances conflicts redeliveries max_clock
+#   scripts/model-check.sh 1 1 1 0 0 --contended   # the same in the partial-commit world
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -37,9 +38,21 @@ for bounds in "1 0 1 1 2" "0 2 0 0 2" "1 1 0 0 2"; do
     done
 done
 
+log "partial-commit world (one worker, a part of several components; SKIP LOCKED attempts commit the free ones)"
+for bounds in "1 0 2 1 0" "1 1 2 0 0" "0 2 2 0 0"; do
+    for set in safety liveness; do
+        # shellcheck disable=SC2086
+        run $bounds --contended --properties "$set" || failed=1
+    done
+done
+
 log "mutations: each must be caught"
-for mutation in OffsetsBeforeDb EventsBeforeCommit NoDedup ExpiryWithoutLock CancelBeforeOrder CartPartByPart StaleBatchOffsets; do
-    out="$("$bin" 1 2 0 0 1 --mutation "$mutation" | grep -v '^        |')"
+for mutation in OffsetsBeforeDb EventsBeforeCommit NoDedup ExpiryWithoutLock CancelBeforeOrder CartPartByPart StaleBatchOffsets GoAheadPerLine; do
+    # A partial commit spends the conflict budget: GoAheadPerLine needs one.
+    bounds="1 2 0 0 1"
+    [ "$mutation" = GoAheadPerLine ] && bounds="1 2 1 0 1"
+    # shellcheck disable=SC2086
+    out="$("$bin" $bounds --mutation "$mutation" | grep -v '^        |')"
     if grep -q '^violated' <<<"$out"; then
         printf '%-20s caught: %s (%s)\n' "$mutation" "$(grep -m1 '^violated' <<<"$out" | sed 's/^violated: //')" "$(sed -n 2p <<<"$out")"
     else

@@ -23,10 +23,14 @@ pub enum Mutation {
     /// partition is assigned now, although it may have been revoked and assigned back since
     /// the poll (a stale batch).
     StaleBatchOffsets,
+    /// A broken `split::go_ahead` after a partial lock (`Locking::Available`): each line of
+    /// each step judged on its own instead of whole components, so a cart's line on a free
+    /// product goes ahead while its line on a busy product waits for the next attempt.
+    GoAheadPerLine,
 }
 
 impl Mutation {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::OffsetsBeforeDb,
         Self::EventsBeforeCommit,
         Self::NoDedup,
@@ -34,5 +38,6 @@ impl Mutation {
         Self::CancelBeforeOrder,
         Self::CartPartByPart,
         Self::StaleBatchOffsets,
+        Self::GoAheadPerLine,
     ];
 }

@@ -1,6 +1,7 @@
 //! The consumer's protocol as a stateright `Model`: the actions of the world and what each
 //! does, with the consumer's own functions deciding (dedup and split: `worker_pool::unique`
-//! and `plan`; offsets: `offsets::ProcessedOffsets` and `recordable`; the rest in `db.rs`).
+//! and `plan`; a partial commit after a lock conflict: `split::go_ahead`; offsets:
+//! `offsets::ProcessedOffsets` and `recordable`; the rest in `db.rs`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -10,7 +11,7 @@ use uuid::Uuid;
 use orderflow_common::command::Inbound;
 use orderflow_consumer::lifecycle::Step;
 use orderflow_consumer::offsets::{self, ProcessedOffsets};
-use orderflow_consumer::worker_pool;
+use orderflow_consumer::{split, worker_pool};
 
 use crate::mutation::Mutation;
 use crate::state::{Batch, Db, Member, Part, PartKind, Polled, State, StepRef};
@@ -27,6 +28,12 @@ pub enum Action {
     CommitPart(u8, u8),
     /// Member m's part i fails on a NOWAIT conflict (it is retried).
     ConflictPart(u8, u8),
+    /// Member m's part i takes its rows with SKIP LOCKED (`reservation::Locking::Available`)
+    /// and finds the products of the mask (bit p: product p) held elsewhere, by the other
+    /// member's transaction or an outside writer: the components `split::go_ahead` lets go
+    /// ahead commit, the rest stays as the part's steps, retried. Enabled only where some
+    /// component goes ahead (where none does, the attempt fails like `ConflictPart`).
+    CommitPartial(u8, u8, u8),
     /// Member m publishes its batch's events (batch path).
     PublishBatch(u8),
     /// Member m records its finished batch's positions and commits offsets.
@@ -50,6 +57,10 @@ pub enum Action {
     /// Mutation `ExpiryWithoutLock`: member m's sweeper expires what it read.
     SweepWrite(u8),
 }
+
+/// A step of a part, by index, with the products of it that go along (all of its lines,
+/// except under `GoAheadPerLine`).
+type Picked = (usize, Vec<u8>);
 
 #[derive(Debug, Clone)]
 pub struct OrderflowModel {
@@ -218,20 +229,62 @@ impl OrderflowModel {
                     .collect();
                 let mut products: Vec<u8> = part.products.iter().map(|p| self.world.product_index(p) as u8).collect();
                 products.sort_unstable();
-                Part { kind: PartKind::Apply, steps, products, committed: false, published_early: false }
+                let touches = part.touches.iter().map(|t| t.iter().map(|p| self.world.product_index(p) as u8).collect()).collect();
+                Part { kind: PartKind::Apply, steps, touches, products, committed: false, published_early: false }
             })
             .collect();
         if !parked.is_empty() {
-            let steps = parked.iter().map(|c| StepRef::Command { command: World::command_of_uuid(c.command_id), parked: false }).collect();
-            parts.push(Part { kind: PartKind::Park, steps, products: Vec::new(), committed: false, published_early: false });
+            let steps: Vec<StepRef> = parked.iter().map(|c| StepRef::Command { command: World::command_of_uuid(c.command_id), parked: false }).collect();
+            let touches = vec![Vec::new(); steps.len()];
+            parts.push(Part { kind: PartKind::Park, steps, touches, products: Vec::new(), committed: false, published_early: false });
         }
         parts
     }
 
-    /// With `CartPartByPart`, a part holding one line of a cart places only that line.
+    /// The part's steps split as a SKIP LOCKED attempt that found the products of `busy`
+    /// held elsewhere splits them (`reservation::apply_with`, `split::go_ahead`): what goes
+    /// ahead in this transaction, and what waits, each as a part of its own. With
+    /// `GoAheadPerLine`, the same function is fed one item per line (nothing links a cart's
+    /// lines), so a cart may be cut in two.
+    pub fn go_ahead(&self, part: &Part, busy: u8) -> (Part, Part) {
+        let name = |p: u8| self.world.product(usize::from(p));
+        let is_busy = |product: &str| busy & (1 << self.world.product_index(product)) != 0;
+        let (now, later): (Vec<Picked>, Vec<Picked>) = if self.is(Mutation::GoAheadPerLine) {
+            let lines: Vec<(usize, u8)> = part.touches.iter().enumerate().flat_map(|(i, t)| t.iter().map(move |&p| (i, p))).collect();
+            let (now, later) = split::go_ahead(&lines, |(_, p)| std::iter::once(name(p)), is_busy);
+            let by_step = |lines: Vec<(usize, u8)>| {
+                let mut steps: Vec<Picked> = Vec::new();
+                for (i, p) in lines {
+                    match steps.iter_mut().find(|(j, _)| *j == i) {
+                        Some((_, products)) => products.push(p),
+                        None => steps.push((i, vec![p])),
+                    }
+                }
+                steps.sort_by_key(|(i, _)| *i);
+                steps
+            };
+            (by_step(now), by_step(later))
+        } else {
+            let indices: Vec<usize> = (0..part.steps.len()).collect();
+            let (now, later) = split::go_ahead(&indices, |i| part.touches[i].iter().map(|&p| name(p)), is_busy);
+            let whole = |indices: Vec<usize>| indices.into_iter().map(|i| (i, part.touches[i].clone())).collect();
+            (whole(now), whole(later))
+        };
+        let sub = |picked: Vec<Picked>| {
+            let mut products: Vec<u8> = picked.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+            products.sort_unstable();
+            products.dedup();
+            let (steps, touches) = picked.into_iter().map(|(i, t)| (part.steps[i], t)).unzip();
+            Part { kind: part.kind, steps, touches, products, committed: false, published_early: part.published_early }
+        };
+        (sub(now), sub(later))
+    }
+
+    /// With `CartPartByPart` (or `GoAheadPerLine`), a part holding one line of a cart places
+    /// only that line.
     fn commit(&self, db: &mut Db, part: &Part, tick: u8) -> Vec<crate::state::Ev> {
         let rules = crate::db::Rules { dedup: !self.is(Mutation::NoDedup), park_unknown: !self.is(Mutation::CancelBeforeOrder) };
-        if self.is(Mutation::CartPartByPart) && part.kind == PartKind::Apply {
+        if (self.is(Mutation::CartPartByPart) || self.is(Mutation::GoAheadPerLine)) && part.kind == PartKind::Apply {
             // The world's order with only this part's lines: placed as if it were all.
             let mut world = self.world.clone();
             for spec in &mut world.orders {
@@ -276,6 +329,16 @@ impl Model for OrderflowModel {
                         actions.push(Action::CommitPart(m, i as u8));
                         if state.budget.conflicts > 0 && part.kind == PartKind::Apply {
                             actions.push(Action::ConflictPart(m, i as u8));
+                            // Every non-empty proper subset of the part's products held
+                            // elsewhere (a part of one product can only fail whole).
+                            let mask: u8 = part.products.iter().map(|p| 1 << p).sum();
+                            if part.products.len() >= 2 {
+                                for busy in (1..mask).filter(|b| b & !mask == 0) {
+                                    if !self.go_ahead(part, busy).0.steps.is_empty() {
+                                        actions.push(Action::CommitPartial(m, i as u8, busy));
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -370,6 +433,17 @@ impl Model for OrderflowModel {
             }
             Action::ConflictPart(..) => {
                 state.budget.conflicts -= 1;
+            }
+            Action::CommitPartial(m, i, busy) => {
+                // A conflict met (`write_part` counts it): within the same budget.
+                state.budget.conflicts -= 1;
+                let part = state.members[usize::from(m)].in_flight.as_ref()?.parts[usize::from(i)].clone();
+                let (now, later) = self.go_ahead(&part, busy);
+                let events = self.commit(&mut state.db, &now, state.clock);
+                let batch = state.members[usize::from(m)].in_flight.as_mut()?;
+                let rest = &mut batch.parts[usize::from(i)];
+                (rest.steps, rest.touches, rest.products) = (later.steps, later.touches, later.products);
+                batch.events.extend(events);
             }
             Action::PublishBatch(m) => {
                 let batch = state.members[usize::from(m)].in_flight.as_mut()?;

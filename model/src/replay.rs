@@ -9,6 +9,12 @@
 //! an order applied once, a hold released once, a status change only as
 //! `lifecycle::decide` allows it, offsets recorded or committed only past messages whose
 //! effects committed and never backwards, every event published for a change a committed transaction made.
+//!
+//! A part may commit in several transactions (`reservation::Locking::Available`), each a
+//! `part_committed` record with the same part index. Each must be what `split::go_ahead`
+//! lets go ahead: whole components of the batch's steps not committed yet (a product with
+//! every cart and command linked to it), never a step without an earlier or later one it is
+//! linked to, and no step of the batch twice.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -18,6 +24,7 @@ use orderflow_common::command::CommandKind;
 use orderflow_common::events::{event_id, EventType};
 use orderflow_common::protocol_trace::{Effect, Message, Position, Record, Step, StockMove};
 use orderflow_consumer::lifecycle::{decide, Status};
+use orderflow_consumer::split;
 
 /// A real step the model does not allow, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +47,9 @@ pub struct ReplayReport {
     pub orders: usize,
     pub commands: usize,
     pub committed_transactions: usize,
+    /// Transactions of a part after its first in the same batch: partial commits
+    /// (`Locking::Available`) checked against `split::go_ahead`.
+    pub partial_commits: usize,
     pub events_published: usize,
     /// Changes whose event was never published (liveness: empty at the end of a run that
     /// drained; a run cut short may leave some).
@@ -58,6 +68,20 @@ struct MemberState {
     assigned: HashSet<i32>,
     /// The batch in flight: its messages.
     batch: Option<Vec<(Position, Message)>>,
+    /// Its steps (unique by id, in batch order), for the partial-commit rule.
+    steps: Vec<BatchStep>,
+    /// The part indexes that committed a transaction in this batch.
+    parts: HashSet<usize>,
+}
+
+/// A step of the batch in flight: a placement (by order id) or a command (by command id),
+/// the products it touches as `worker_pool::plan` links them (`reservation::Touches`), and
+/// whether a transaction of this batch committed it.
+#[derive(Debug)]
+struct BatchStep {
+    id: Uuid,
+    touches: Vec<String>,
+    done: bool,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +103,7 @@ struct Replay {
     /// Every message polled, by position.
     polled: HashMap<Position, Message>,
     transactions: usize,
+    partial_commits: usize,
 }
 
 /// Replays the records of every member of a run (each member's file as `parse` read it),
@@ -108,6 +133,7 @@ pub fn validate(initial_stock: &[(&str, i64)], members: &[Vec<Record>]) -> Resul
         orders: replay.orders.len(),
         commands: replay.commands.len(),
         committed_transactions: replay.transactions,
+        partial_commits: replay.partial_commits,
         events_published: replay.published.len(),
         unpublished,
     })
@@ -146,11 +172,16 @@ impl Replay {
                     }
                     self.polled.insert(*position, message.clone());
                 }
+                member.steps = batch_steps(messages, &self.orders, &self.lines);
                 member.batch = Some(messages.clone());
             }
-            Step::PartCommitted { effects, stock, outbox_events, events, .. } => {
+            Step::PartCommitted { part, effects, stock, outbox_events, events } => {
                 if member.batch.is_none() {
                     return Err("a part committed outside a batch".into());
+                }
+                go_ahead(&mut member.steps, *part, effects)?;
+                if !member.parts.insert(*part) {
+                    self.partial_commits += 1;
                 }
                 self.transactions += 1;
                 self.effects(effects)?;
@@ -188,6 +219,8 @@ impl Replay {
             Step::OffsetsRecorded { next } => {
                 let member = self.members.get_mut(&record.member).expect("entered above");
                 let batch = member.batch.take().ok_or("offsets recorded without a batch")?;
+                member.steps.clear();
+                member.parts.clear();
                 for position in next {
                     if let Some((at, _)) =
                         batch.iter().find(|(at, message)| at.partition == position.partition && at.offset < position.offset && !durable(self, message))
@@ -358,6 +391,69 @@ impl Replay {
         }
         Ok(())
     }
+}
+
+/// The steps of a batch as `worker_pool::unique` and `plan` see them: the first of each id;
+/// a placement touches its lines' products, a command those of its order (in the batch, or
+/// stored when the batch started: `locate`). A command whose order is neither is parked,
+/// alone: it gets a product of its own. (`locate` runs just after the `polled` record, so
+/// an order another member stores in between is located there but not here: the command is
+/// then taken alone, which only ever checks less.)
+fn batch_steps(messages: &[(Position, Message)], stored: &HashMap<Uuid, Status>, lines: &HashMap<Uuid, Vec<(String, i64)>>) -> Vec<BatchStep> {
+    let in_batch: HashMap<Uuid, &Vec<(String, i64)>> = messages
+        .iter()
+        .filter_map(|(_, message)| match message {
+            Message::Order { order_id, lines } => Some((*order_id, lines)),
+            _ => None,
+        })
+        .collect();
+    let products = |lines: &Vec<(String, i64)>| lines.iter().map(|(product, _)| product.clone()).collect::<Vec<_>>();
+    let mut steps: Vec<BatchStep> = Vec::new();
+    for (_, message) in messages {
+        let (id, touches) = match message {
+            Message::Order { order_id, lines } => (*order_id, products(lines)),
+            Message::Command { command_id, order_id, .. } => {
+                let touches = match (in_batch.get(order_id).copied(), stored.contains_key(order_id), lines.get(order_id)) {
+                    (Some(lines), _, _) | (None, true, Some(lines)) => products(lines),
+                    _ => vec![format!("parked command {command_id}")],
+                };
+                (*command_id, touches)
+            }
+            Message::Invalid => continue,
+        };
+        if !steps.iter().any(|step| step.id == id) {
+            steps.push(BatchStep { id, touches, done: false });
+        }
+    }
+    steps
+}
+
+/// One transaction of a part: the batch's steps it names in its effects (by order id, or
+/// command id) must be exactly what `split::go_ahead` lets go ahead of the steps not
+/// committed yet, when the products of the others are busy: whole components. Parked
+/// commands a placement pulls in are not steps of the batch and do not count.
+fn go_ahead(steps: &mut [BatchStep], part: usize, effects: &[Effect]) -> Result<(), String> {
+    let named: HashSet<Uuid> = effects.iter().map(|effect| effect.command_id.unwrap_or(effect.order_id)).collect();
+    if let Some(again) = steps.iter().find(|step| step.done && named.contains(&step.id)) {
+        return Err(format!("part {part} commits {} although a transaction of this batch already did", again.id));
+    }
+    let left: Vec<usize> = (0..steps.len()).filter(|&i| !steps[i].done).collect();
+    let busy: HashSet<&str> = left.iter().filter(|&&i| !named.contains(&steps[i].id)).flat_map(|&i| steps[i].touches.iter().map(String::as_str)).collect();
+    let (now, later) = split::go_ahead(&left, |i| steps[i].touches.iter().map(String::as_str), |product| busy.contains(product));
+    let cut: Vec<usize> = later.iter().copied().filter(|&i| named.contains(&steps[i].id)).collect();
+    if !cut.is_empty() {
+        let ids = |list: &[usize]| list.iter().map(|&i| steps[i].id.to_string()).collect::<Vec<_>>().join(", ");
+        let linked: Vec<usize> = later.iter().copied().filter(|&i| !named.contains(&steps[i].id)).collect();
+        return Err(format!(
+            "part {part} commits {} without {}, linked to it through a product or a cart: a transaction commits whole components (split::go_ahead)",
+            ids(&cut),
+            ids(&linked)
+        ));
+    }
+    for i in now {
+        steps[i].done = true;
+    }
+    Ok(())
 }
 
 /// Whether a polled message's effect is in the database: its order stored, its command

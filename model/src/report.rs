@@ -88,6 +88,12 @@ impl OrderflowModel {
                     format!("m{m} part {i} {what} fails on a NOWAIT conflict")
                 }
             }
+            Action::CommitPartial(m, i, busy) => {
+                let Some(part) = before.members[usize::from(m)].in_flight.as_ref().map(|b| &b.parts[usize::from(i)]) else { return String::new() };
+                let (now, later) = self.go_ahead(part, busy);
+                let held: Vec<&str> = (0..self.world.products.len()).filter(|p| busy & (1 << p) != 0).map(|p| self.world.product(p)).collect();
+                format!("m{m} part {i} takes the free rows ({} held elsewhere): commits {}, {} waits", held.join(", "), self.steps(&now), self.steps(&later))
+            }
             Action::PublishBatch(m) => {
                 let events: Vec<String> = before.members[usize::from(m)].in_flight.iter().flat_map(|b| b.events.iter().map(|e| e.to_string())).collect();
                 format!("m{m} publishes its batch's events [{}]", events.join(", "))
@@ -126,6 +132,28 @@ impl OrderflowModel {
                 format!("{} k{c}(o{})", spec.kind.as_str(), spec.order)
             }
         }
+    }
+
+    /// A part's steps; a step cut to some of its lines (`GoAheadPerLine`) names them.
+    fn steps(&self, part: &crate::state::Part) -> String {
+        let steps: Vec<String> = part
+            .steps
+            .iter()
+            .zip(&part.touches)
+            .map(|(step, touches)| {
+                let all = match *step {
+                    StepRef::Place(o) => self.world.orders[usize::from(o)].lines.len(),
+                    StepRef::Command { command, .. } => self.world.orders[usize::from(self.world.commands[usize::from(command)].order)].lines.len(),
+                };
+                if touches.len() < all {
+                    let lines: Vec<&str> = touches.iter().map(|&p| self.world.product(usize::from(p))).collect();
+                    format!("{} (line {} only)", self.step(*step), lines.join(", "))
+                } else {
+                    self.step(*step)
+                }
+            })
+            .collect();
+        format!("[{}]", steps.join(", "))
     }
 
     fn step(&self, step: StepRef) -> String {

@@ -111,8 +111,13 @@ pub enum PartKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Part {
     pub kind: PartKind,
+    /// The steps not committed yet: all of them until the part's first commit; after a
+    /// partial commit (`Locking::Available`), the components that had to wait.
     pub steps: Vec<StepRef>,
-    /// Product indexes, sorted.
+    /// The products each step touches, by index, as `worker_pool::plan` gave them
+    /// (`reservation::Part::touches`): what links steps into components for `go_ahead`.
+    pub touches: Vec<Vec<u8>>,
+    /// Product indexes of `steps`, sorted.
     pub products: Vec<u8>,
     pub committed: bool,
     /// Mutation `EventsBeforeCommit` only: the part's events went out before its commit.

@@ -107,6 +107,31 @@ impl World {
         Self { max_clock: 0, ..Self::issue_14(budget) }
     }
 
+    /// A world where a part holds several components, so that a SKIP LOCKED attempt can
+    /// commit some of them and leave the rest (`reservation::Locking::Available`): one worker
+    /// per consumer (a batch is one part), P0 with a placement of X, one of Y and a confirm
+    /// and a cancel of them, P1 a cart over X and Y. The issue #14 world never has two
+    /// components in a part (2 workers, batches of 2), so there a partial commit can only
+    /// fail whole. The clock does not move.
+    pub fn contended(budget: Budget) -> Self {
+        Self {
+            products: vec![("X", 1), ("Y", 1)],
+            orders: vec![
+                OrderSpec { lines: vec![(0, 1)], hold_seconds: None },
+                OrderSpec { lines: vec![(1, 1)], hold_seconds: None },
+                OrderSpec { lines: vec![(0, 1), (1, 1)], hold_seconds: None },
+            ],
+            commands: vec![CommandSpec { order: 0, kind: CommandKind::Confirm }, CommandSpec { order: 1, kind: CommandKind::Cancel }],
+            partitions: vec![vec![Msg::Place(0), Msg::Place(1), Msg::Command(0), Msg::Command(1)], vec![Msg::Place(2)]],
+            members: 2,
+            max_batch: 2,
+            workers: 1,
+            default_hold_seconds: 2,
+            max_clock: 0,
+            budget,
+        }
+    }
+
     pub fn partition_count(&self) -> usize {
         self.partitions.len()
     }

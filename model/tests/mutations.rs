@@ -56,3 +56,19 @@ fn the_stale_batch_of_issue_14_is_caught() {
     // The rule before the fix: positions recorded when the partition is assigned now.
     caught(Mutation::StaleBatchOffsets, faults(0, 2), &[OFFSETS_NEVER_BACK]);
 }
+
+#[test]
+fn a_partial_commit_that_cuts_a_cart_is_caught() {
+    // A broken go_ahead (each line on its own): with one product of the cart held elsewhere,
+    // the cart's other line commits alone. One lock conflict in the budget is enough.
+    let conflict = |world: World| World { budget: Budget { conflicts: 1, ..world.budget }, ..world };
+    caught(Mutation::GoAheadPerLine, conflict(faults(0, 0)), &[STOCK_ADDS_UP]);
+    caught(Mutation::GoAheadPerLine, World::contended(Budget { crashes: 0, rebalances: 0, conflicts: 1, redeliveries: 0 }), &[STOCK_ADDS_UP]);
+}
+
+#[test]
+fn without_the_mutation_the_same_bounds_hold() {
+    // The correct go_ahead in the same bounds: the cart waits whole.
+    let report = check(World::small(Budget { crashes: 0, rebalances: 0, conflicts: 1, redeliveries: 0 }), None);
+    assert!(report.counterexamples.is_empty(), "{report}");
+}

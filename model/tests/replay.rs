@@ -155,3 +155,79 @@ fn a_committed_offset_moving_backwards_is_refused() {
     trace[1].push(Record { member: B, seq: 7, at_us: 2000, step: Step::OffsetsCommitted { offsets: vec![at(0, 1)], cause: CommitCause::Revoke } });
     refused(trace, "moves backwards, from 3 to 1");
 }
+
+const CART: Uuid = Uuid::from_u128(3);
+const ON_Y: Uuid = Uuid::from_u128(4);
+const ON_Z: Uuid = Uuid::from_u128(5);
+
+fn moved(product: &str, reserved: i64) -> StockMove {
+    StockMove { product_id: product.into(), available: -reserved, reserved, sold: 0 }
+}
+
+fn committed(part: usize, effects: Vec<Effect>, stock: Vec<StockMove>) -> Step {
+    let events = effects
+        .iter()
+        .map(|e| event_id(e.order_id, if e.change == "reserved" { EventType::Reserved } else { EventType::Rejected }))
+        .collect();
+    Step::PartCommitted { part, effects, stock, outbox_events: vec![], events }
+}
+
+/// One part of three steps: a cart over X and Y, then an order of Y (linked to the cart
+/// through Y), then an order of Z. Y is held elsewhere: the first transaction (SKIP LOCKED)
+/// commits the Z component; the second, the cart and the order of Y, in offset order (the
+/// cart takes the last unit of Y). Two `part_committed` records of part 0.
+fn partial(first: Step, second: Step) -> Vec<Vec<Record>> {
+    let cart = Message::Order { order_id: CART, lines: vec![("X".into(), 1), ("Y".into(), 1)] };
+    let on_y = Message::Order { order_id: ON_Y, lines: vec![("Y".into(), 1)] };
+    let on_z = Message::Order { order_id: ON_Z, lines: vec![("Z".into(), 1)] };
+    let events = [event_id(ON_Z, EventType::Reserved), event_id(CART, EventType::Reserved), event_id(ON_Y, EventType::Rejected)];
+    vec![member(A, 0, vec![
+        Step::Started { default_hold_seconds: 900, events: true },
+        Step::Assigned { partitions: vec![0] },
+        Step::Polled { messages: vec![(at(0, 0), cart), (at(0, 1), on_y), (at(0, 2), on_z)] },
+        first,
+        second,
+        Step::EventsPublished { event_ids: events.to_vec(), via_outbox: false },
+        Step::OffsetsRecorded { next: vec![at(0, 3)] },
+        Step::OffsetsCommitted { offsets: vec![at(0, 3)], cause: CommitCause::Batch },
+    ])]
+}
+
+const STOCK: [(&str, i64); 3] = [("X", 1), ("Y", 1), ("Z", 1)];
+
+#[test]
+fn a_part_committed_in_two_transactions_validates() {
+    let trace = partial(
+        committed(0, vec![effect(ON_Z, None, "reserved")], vec![moved("Z", 1)]),
+        committed(0, vec![effect(CART, None, "reserved"), effect(ON_Y, None, "rejected")], vec![moved("X", 1), moved("Y", 1)]),
+    );
+    let report = validate(&STOCK, &trace).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!((report.orders, report.committed_transactions, report.partial_commits), (3, 2, 1));
+    assert!(report.unpublished.is_empty(), "{report:?}");
+}
+
+#[test]
+fn a_step_committed_ahead_of_the_cart_it_is_linked_to_is_refused() {
+    // A go_ahead that judged each step alone: Y's order goes ahead (its own row is free)
+    // while the earlier cart, linked to it through Y, waits for X; Y's unit goes to the
+    // later order. The stock adds up: only the partial-commit rule sees it.
+    let trace = partial(
+        committed(0, vec![effect(ON_Y, None, "reserved"), effect(ON_Z, None, "reserved")], vec![moved("Y", 1), moved("Z", 1)]),
+        committed(0, vec![effect(CART, None, "rejected")], vec![]),
+    );
+    let divergence = validate(&STOCK, &trace).expect_err("the model does not allow this trace");
+    let text = divergence.to_string();
+    println!("{text}");
+    assert!(text.contains(&format!("part 0 commits {ON_Y} without {CART}")), "{text}");
+    assert!(text.contains("whole components"), "{text}");
+}
+
+#[test]
+fn a_step_committed_twice_in_one_batch_is_refused() {
+    let trace = partial(
+        committed(0, vec![effect(ON_Z, None, "reserved")], vec![moved("Z", 1)]),
+        committed(0, vec![effect(CART, None, "reserved"), effect(ON_Y, None, "rejected"), effect(ON_Z, None, "already_applied")], vec![moved("X", 1), moved("Y", 1)]),
+    );
+    let divergence = validate(&STOCK, &trace).expect_err("the model does not allow this trace");
+    assert!(divergence.to_string().contains(&format!("part 0 commits {ON_Z} although a transaction of this batch already did")), "{divergence}");
+}

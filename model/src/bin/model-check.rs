@@ -2,7 +2,7 @@
 //! and prints, per property set, the states explored, the depth and the time
 //! (`scripts/model-check.sh` runs it with deeper bounds, in release mode).
 //!
-//! model-check [crashes rebalances conflicts redeliveries max_clock] [--mutation NAME]
+//! model-check [crashes rebalances conflicts redeliveries max_clock] [--small | --contended] [--properties safety|liveness] [--mutation NAME]
 
 use orderflow_model::{check_set, Budget, Mutation, PropertySet, World};
 
@@ -20,7 +20,13 @@ fn main() {
     };
     let get = |i: usize, default: u8| numbers.get(i).copied().unwrap_or(default);
     let budget = Budget { crashes: get(0, 1), rebalances: get(1, 2), conflicts: get(2, 1), redeliveries: get(3, 0) };
-    let mut world = if args.iter().any(|a| a == "--small") { World::small(budget) } else { World::issue_14(budget) };
+    let mut world = if args.iter().any(|a| a == "--small") {
+        World::small(budget)
+    } else if args.iter().any(|a| a == "--contended") {
+        World::contended(budget)
+    } else {
+        World::issue_14(budget)
+    };
     world.max_clock = get(4, world.max_clock);
     println!("budget {budget:?}, max_clock {}, properties {set:?}, mutation {mutation:?}", world.max_clock);
     let report = check_set(world, mutation, set);
