@@ -93,3 +93,45 @@ async fn two_sweepers_racing_expire_each_hold_exactly_once() {
     assert_eq!(count(&stack, "SELECT count(*) FROM order_events_outbox").await, 9_000, "no event twice");
     stack.assert_invariants().await;
 }
+
+/// A person reset PROD006's row while 50 of its holds were out (reserved back to 0): releasing
+/// them would break the CHECK. That product's holds stay (and the product is quarantined,
+/// loudly); the 300 due holds of two other products in the same sweep still expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_whose_holds_cannot_be_released_does_not_stop_the_others() {
+    let stack = Stack::start(1).await;
+    seed_holds(&stack, "PROD005", 100, 100, -1000, 0).await;
+    seed_holds(&stack, "PROD006", 50, 50, -1000, 0).await;
+    seed_holds(&stack, "PROD007", 200, 300, -1000, 0).await;
+    stack.set_stock("PROD006", 50).await;
+
+    let report = sweeper(&stack, 8_000).expire_due().await.expect("the sweep goes on past the broken product");
+    assert_eq!(report.expired, 300, "{report:?}");
+    let reserved = |product: &'static str| {
+        let stack = &stack;
+        async move {
+            stack
+                .pool
+                .get()
+                .await
+                .unwrap()
+                .query_one("SELECT count(*) FROM orders WHERE product_id = $1 AND status = 'reserved'", &[&product])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!((reserved("PROD005").await, reserved("PROD006").await, reserved("PROD007").await), (0, 50, 0));
+    let inventory: (i64, i64) = {
+        let row = stack
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .query_one("SELECT available_quantity, reserved_quantity FROM inventory WHERE product_id = 'PROD007'", &[])
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(inventory, (300, 0), "PROD007's units came back");
+}
