@@ -146,6 +146,7 @@ impl ConsumerContext for OrderflowContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        crate::async_commit::report(result.is_ok());
         if let Err(error) = result {
             // Not fatal: the offsets are committed again after the next batch, and anything
             // redelivered meanwhile is applied idempotently.

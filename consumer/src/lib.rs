@@ -1,6 +1,7 @@
 //! orderflow consumer: reads placed orders from Kafka in batches and reserves stock in
 //! PostgreSQL, idempotently by order_id, committing offsets only after the database.
 
+pub mod async_commit;
 pub mod activity;
 pub mod admin;
 pub mod allocation;

@@ -253,7 +253,8 @@ impl Pipeline {
         protocol_trace::record(|| protocol_trace::offsets_recorded(&recordable, &assigned));
         let commit = self.offsets.to_commit(&self.topic, Some(&assigned));
         if commit.count() > 0 {
-            let handed = self.consumer.commit(&commit, CommitMode::Async);
+            // Its outcome comes back to the context's commit_callback (async_commit.rs).
+            let handed = crate::async_commit::commit(&self.consumer, &commit);
             if handed.is_ok() {
                 protocol_trace::record(|| protocol_trace::offsets_committed(&commit, CommitCause::Batch));
             }

@@ -83,3 +83,24 @@ async fn a_held_row_stops_only_its_own_component_of_a_part() {
     stack.assert_invariants().await;
     consumer.stop().await;
 }
+
+/// The outcome of every asynchronous offset commit comes back to the consumer's
+/// commit_callback (async_commit.rs; rust-rdkafka's own async commit never reported it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outcome_of_each_async_offset_commit_is_reported() {
+    use std::sync::atomic::Ordering;
+    use orderflow_consumer::async_commit::{ACCEPTED, REFUSED};
+
+    let stack = Stack::start(2).await;
+    stack.set_stock("PROD004", 1000).await;
+    let consumer = stack.start_consumer(|_| {}).await;
+    let orders: Vec<_> = (0..100).map(|i| placed_order(&format!("C{i}"), "PROD004", 1)).collect();
+    stack.publish_raw(&stack.kafka_producer(), &orders.iter().map(message).collect::<Vec<_>>()).await;
+    stack.wait_for_orders(100, Duration::from_secs(30)).await;
+    orderflow_common::testing::eventually(Duration::from_secs(10), "an offset commit reported back", || async {
+        (ACCEPTED.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
+    assert_eq!(REFUSED.load(Ordering::Relaxed), 0, "no rebalance here, so no commit is refused");
+    consumer.stop().await;
+}
