@@ -288,6 +288,15 @@ pub enum Item<'a> {
     Command(&'a ValidCommand),
 }
 
+impl<'a> From<&'a Inbound> for Item<'a> {
+    fn from(message: &'a Inbound) -> Self {
+        match message {
+            Inbound::Order(order) => Self::Place(order),
+            Inbound::Command(command) => Self::Command(command),
+        }
+    }
+}
+
 impl<'a> Item<'a> {
     fn placed(&self) -> Option<Uuid> {
         match self {

@@ -165,13 +165,7 @@ impl OrderflowModel {
         let messages: Vec<Inbound> = positions.iter().map(|p| self.world.inbound(self.world.message(usize::from(p.partition), usize::from(p.offset)))).collect();
         let unique;
         let items: Vec<worker_pool::Item<'_>> = if self.is(crate::Mutation::NoDedup) {
-            messages
-                .iter()
-                .map(|m| match m {
-                    Inbound::Order(o) => worker_pool::Item::Place(o),
-                    Inbound::Command(c) => worker_pool::Item::Command(c),
-                })
-                .collect()
+            messages.iter().map(worker_pool::Item::from).collect()
         } else {
             unique = worker_pool::unique(&messages);
             unique.0
@@ -205,13 +199,7 @@ impl OrderflowModel {
                     worker_pool::Item::Command(command) => vec![Inbound::Command((*command).clone())],
                 })
                 .collect();
-            split_carts
-                .iter()
-                .map(|m| match m {
-                    Inbound::Order(o) => worker_pool::Item::Place(o),
-                    Inbound::Command(c) => worker_pool::Item::Command(c),
-                })
-                .collect()
+            split_carts.iter().map(worker_pool::Item::from).collect()
         } else {
             items
         };
