@@ -38,18 +38,11 @@ started_at=$(date +%s)
 # found still alive an hour later (its log was overwritten by the next run, so why is not
 # known); a SIGKILL here is reported, since a consumer should always stop on SIGTERM.
 cleanup() {
-    local pid i
+    local pid
     for pid in "${extra_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     [ -n "${loadgen_pid:-}" ] && kill -TERM "$loadgen_pid" 2>/dev/null || true
     for pid in "${extra_pids[@]}" ${loadgen_pid:-}; do
-        for ((i = 0; i < 150; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            warn "pid $pid did not stop within 30 s of SIGTERM; sending SIGKILL (see $LOG_DIR)"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
+        wait_or_kill "$pid" "a chaos process (logs in $LOG_DIR)"
     done
 }
 trap cleanup EXIT

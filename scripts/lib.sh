@@ -242,10 +242,23 @@ is_running() {
     return 0
 }
 
+# wait_or_kill PID NAME: after a SIGTERM, up to 30 s for PID's graceful drain, then SIGKILL
+# with a warning.
+wait_or_kill() {
+    local pid="$1" name="$2" i
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.2
+    done
+    warn "$name (pid $pid) did not stop within 30s of SIGTERM; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 1
+}
+
 # stop_process NAME: SIGTERM the process of NAME's pid file, wait up to 30 s for its
 # graceful drain, then SIGKILL; removes the pid file.
 stop_process() {
-    local name="$1" f pid i
+    local name="$1" f pid
     f="$(pid_file "$name")"
     if ! is_running "$name"; then
         [ -f "$f" ] && log "$name not running (removing stale pid file)"
@@ -255,15 +268,7 @@ stop_process() {
     pid="$(cat "$f")"
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 150; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        warn "$name did not stop within 30s; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        sleep 1
-    fi
+    wait_or_kill "$pid" "$name"
     rm -f "$f"
     log "$name stopped"
 }
