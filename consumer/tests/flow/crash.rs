@@ -6,7 +6,7 @@ use rand::Rng;
 use orderflow_common::events::{event_id, EventType};
 use uuid::Uuid;
 
-use crate::support::{message, placed_cart, placed_order, Stack};
+use crate::support::{message, placed_cart, placed_order, wait_exit, Stack};
 
 // Large enough that four lives of a consumer writing ~100k orders/s cannot finish it.
 const ORDERS: i64 = 100_000;
@@ -93,20 +93,6 @@ async fn a_consumer_killed_mid_stream_loses_nothing_and_applies_nothing_twice() 
     assert!(exit.success(), "consumer exits 0 on SIGTERM: {exit:?}");
 }
 
-/// Waits for a process that is expected to end by itself (the fault switch aborts it).
-async fn wait_exit(mut child: Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("the consumer did not abort at the fault point within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn stop(mut consumer: Child) {
     let status = Command::new("kill").args(["-TERM", &consumer.id().to_string()]).status().unwrap();

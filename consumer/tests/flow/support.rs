@@ -355,3 +355,18 @@ pub async fn read_topic_for(
     .await
     .unwrap()
 }
+
+/// Waits for a process that is expected to end by itself (the fault switch aborts it).
+pub async fn wait_exit(mut child: std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the consumer did not abort at the fault point within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

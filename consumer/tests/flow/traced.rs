@@ -30,7 +30,7 @@ use orderflow_common::order::PlacedOrder;
 use orderflow_common::protocol_trace::{self, Record, Step};
 use orderflow_common::testing::eventually;
 
-use crate::support::{command, message, placed_cart, placed_order, Stack};
+use crate::support::{command, message, placed_cart, placed_order, wait_exit, Stack};
 
 /// Stock at the start of `crash_run`, by product.
 pub const STOCK: [(&str, i64); 4] = [("PROD002", 30), ("PROD003", 20), ("PROD004", 5), ("PROD005", 5)];
@@ -318,17 +318,3 @@ pub async fn expected_events(stack: &Stack) -> Vec<Uuid> {
     ids
 }
 
-/// Waits for a process that is expected to end by itself (the fault switch aborts it).
-async fn wait_exit(mut child: Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("the consumer did not abort at the fault point within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
