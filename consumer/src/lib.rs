@@ -13,6 +13,7 @@ pub mod expiry;
 pub mod fault;
 pub mod control;
 pub mod gaps;
+pub mod leave;
 pub mod lifecycle;
 pub mod offsets;
 pub mod outbox;

@@ -28,6 +28,7 @@ use crate::fault;
 use crate::outbox::{self, Relay};
 use crate::protocol_trace::{self, CommitCause, Position, Step};
 use crate::gaps::{self, Gaps};
+use crate::leave::{self, Left};
 use crate::offsets::{self, ProcessedOffsets, Ticket};
 use crate::settings::BatchSettings;
 use crate::stats::Stats;
@@ -119,7 +120,14 @@ impl Pipeline {
             // instead of exiting. It is exiting anyway, so the client is leaked.
             std::mem::forget(self.consumer.clone());
         } else {
-            self.consumer.unsubscribe();
+            match leave::leave_group(&self.consumer, leave::LEAVE_LIMIT).await {
+                Left::Closed => tracing::info!("left the consumer group"),
+                left => tracing::warn!(
+                    ?left,
+                    limit_ms = leave::LEAVE_LIMIT.as_millis() as u64,
+                    "the consumer did not close; exiting without leaving the group, which reassigns its partitions after session.timeout.ms"
+                ),
+            }
         }
         tracing::info!("batch loop stopped");
         result

@@ -252,6 +252,14 @@ impl Application {
             tracing::error!(error = %Chain(error), "a consumer task ended unexpectedly; shutting down");
         }
         shutdown.cancel();
+        // The way out if the shutdown itself hangs: a second SIGTERM or Ctrl-C ends the
+        // process at once. Nothing is lost: offsets are committed only after PostgreSQL, so
+        // whatever this skips is redelivered and re-applied idempotently.
+        tokio::spawn(async {
+            termination_signal().await;
+            tracing::error!("second termination signal during shutdown: exiting now, without finishing it");
+            std::process::exit(130);
+        });
         if pipeline.is_running() {
             if let Some(error) = RunError::from_exit(pipeline.name, pipeline.exited().await, true) {
                 tracing::error!(error = %Chain(&error), "batch loop failed during shutdown");

@@ -18,6 +18,7 @@ mod permanent;
 mod plans;
 mod protocol_trace;
 mod race;
+mod shutdown;
 mod redelivery;
 mod stale_batch;
 mod supervision;

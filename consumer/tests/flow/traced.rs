@@ -79,7 +79,7 @@ impl TracedRun {
 
 /// A consumer binary on `stack` with the trace on, its output (warnings and errors) in
 /// `dir/<n>.log`.
-fn spawn_traced(stack: &Stack, dir: &Path, n: usize, extra: &[(&str, &str)]) -> Child {
+pub fn spawn_traced(stack: &Stack, dir: &Path, n: usize, extra: &[(&str, &str)]) -> Child {
     let log = std::fs::File::create(dir.join(format!("{n}.log"))).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_consumer"))
         .envs(stack.consumer_env())
@@ -258,7 +258,7 @@ pub async fn rebalance_run() -> TracedRun {
 }
 
 /// Waits until a member other than `known` has a trace with partitions assigned; returns it.
-async fn wait_for_assignment(dir: &Path, known: &[Uuid]) -> Uuid {
+pub async fn wait_for_assignment(dir: &Path, known: &[Uuid]) -> Uuid {
     eventually(Duration::from_secs(60), "a new member with partitions", || async {
         read_traces(dir).into_iter().find_map(|(member, records)| {
             let assigned = records.iter().any(|r| matches!(&r.step, Step::Assigned { partitions } if !partitions.is_empty()));
@@ -269,7 +269,7 @@ async fn wait_for_assignment(dir: &Path, known: &[Uuid]) -> Uuid {
 }
 
 /// Waits until `member` recorded a step that `matches`.
-async fn wait_for_step(dir: &Path, member: Uuid, what: &str, matches: fn(&Step) -> bool) {
+pub async fn wait_for_step(dir: &Path, member: Uuid, what: &str, matches: fn(&Step) -> bool) {
     eventually(Duration::from_secs(60), what, || async {
         let traces = read_traces(dir);
         let (_, records) = traces.iter().find(|(m, _)| *m == member)?;
@@ -279,7 +279,7 @@ async fn wait_for_step(dir: &Path, member: Uuid, what: &str, matches: fn(&Step) 
 }
 
 /// SIGTERM, and the exit status 0 of a graceful stop.
-async fn stop(consumer: Child) {
+pub async fn stop(consumer: Child) {
     let status = Command::new("kill").args(["-TERM", &consumer.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exit = tokio::task::spawn_blocking(move || {
