@@ -5,6 +5,7 @@ pub mod async_commit;
 pub mod activity;
 pub mod admin;
 pub mod allocation;
+pub mod concurrency;
 pub mod context;
 pub mod dead_letters;
 pub mod events;

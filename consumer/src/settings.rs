@@ -99,6 +99,10 @@ pub struct BatchSettings {
     /// they never contend for the same row lock.
     #[arg(long, env = "WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub workers: u64,
+    /// Adapt the parts per batch (1..=WORKERS) to the lock conflicts met: halve after a
+    /// conflicted batch, one more after a clean one (concurrency.rs). false: always WORKERS.
+    #[arg(long = "adaptive-workers", env = "ADAPTIVE_WORKERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub adaptive_workers: bool,
     /// On shutdown, how long the batch in hand may take before it is abandoned (its offsets
     /// stay uncommitted, so it is redelivered).
     #[arg(long = "drain-timeout-ms", env = "DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
@@ -204,6 +208,7 @@ impl Default for BatchSettings {
             max_wait_ms: 20,
             fetch_wait_max_ms: 10,
             workers: 4,
+            adaptive_workers: true,
             drain_timeout_ms: 20_000,
             permanent_retry_ms: 10_000,
         }

@@ -138,6 +138,7 @@ impl Application {
             workers: Arc::new(
                 WorkerPool::new(pool, settings.batch.workers as usize, stats.clone())
                     .with_permanent_errors(stuck, settings.batch.permanent_retry())
+                    .with_adaptive_parts(settings.batch.adaptive_workers)
                     .with_lifecycle(lifecycle),
             ),
             offsets,

@@ -21,6 +21,7 @@ use orderflow_common::events::OrderEvent;
 use orderflow_common::log_limit::{self, LogLimiter};
 use orderflow_common::order::{Line, ValidOrder};
 
+use crate::concurrency::PartLimit;
 use crate::lifecycle::Step;
 use crate::protocol_trace::{self, Step as TraceStep};
 use crate::reservation::{self, Applied, ErrorClass, LifecycleSettings, Locking, Part, PartResult, ReserveError, Touches};
@@ -34,7 +35,8 @@ pub struct Abandoned;
 
 pub struct WorkerPool {
     pool: Pool,
-    workers: usize,
+    /// Parts per batch: WORKERS at most, fewer while this consumer meets lock conflicts.
+    parts: PartLimit,
     stats: Arc<Stats>,
     stuck: Arc<StuckWrites>,
     permanent_retry: Duration,
@@ -76,7 +78,7 @@ pub const DEFAULT_LIFECYCLE: LifecycleSettings = LifecycleSettings { default_hol
 impl WorkerPool {
     pub fn new(pool: Pool, workers: usize, stats: Arc<Stats>) -> Self {
         let permanent_retry = Duration::from_millis(crate::settings::BatchSettings::default().permanent_retry_ms);
-        Self { pool, workers: workers.max(1), stats, stuck: Arc::default(), permanent_retry, lifecycle: DEFAULT_LIFECYCLE, contended_until: AtomicU64::new(0) }
+        Self { pool, parts: PartLimit::new(workers, true), stats, stuck: Arc::default(), permanent_retry, lifecycle: DEFAULT_LIFECYCLE, contended_until: AtomicU64::new(0) }
     }
 
     /// Where permanent errors are reported (for /ready), and how often they are retried.
@@ -84,8 +86,19 @@ impl WorkerPool {
         Self { stuck, permanent_retry, ..self }
     }
 
+    /// `false`: every batch is split into up to WORKERS parts, conflicts or not.
+    pub fn with_adaptive_parts(self, adaptive: bool) -> Self {
+        let max = self.parts.max();
+        Self { parts: PartLimit::new(max, adaptive), ..self }
+    }
+
     pub fn with_lifecycle(self, lifecycle: LifecycleSettings) -> Self {
         Self { lifecycle, ..self }
+    }
+
+    /// How many parts the next batch may be split into (concurrency.rs).
+    pub fn parts(&self) -> usize {
+        self.parts.parts()
     }
 
     pub fn lifecycle(&self) -> LifecycleSettings {
@@ -107,7 +120,7 @@ impl WorkerPool {
         } else {
             self.retrying(None, elsewhere.len(), abandon, || locate(&self.pool, &elsewhere)).await?.0
         };
-        let (parts, parked) = plan(&items, &located, self.workers);
+        let (parts, parked) = plan(&items, &located, self.parts.parts());
         // The parking transaction is the last part in the protocol trace.
         let park_index = parts.len();
         let writes = parts.iter().enumerate().map(|(index, part)| self.write_part(index, part, abandon));
@@ -126,6 +139,7 @@ impl WorkerPool {
             written.events.extend(part.events);
             written.outbox += part.outbox;
         }
+        self.parts.observe(written.applied.lock_conflicts);
         Ok(written)
     }
 

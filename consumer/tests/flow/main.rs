@@ -2,6 +2,7 @@
 //! database and its own dev broker, or its own topics and groups on the broker named by
 //! ORDERFLOW_TEST_KAFKA_BROKERS (scripts/conformance.sh).
 
+mod adaptive;
 mod admin;
 mod cart_holds;
 mod carts;
