@@ -273,8 +273,9 @@ impl Pipeline {
             }
         }
         let size = in_flight.positions.len();
-        self.stats.record_batch(&applied, in_flight.failed, size, in_flight.started.elapsed());
+        // Activity before totals: see StatusReporter::run.
         self.activity.record(in_flight.activity, size, chrono::Utc::now());
+        self.stats.record_batch(&applied, in_flight.failed, size, in_flight.started.elapsed());
         tracing::debug!(
             messages = size,
             reserved = applied.reserved,

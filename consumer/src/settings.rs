@@ -111,6 +111,10 @@ pub struct BatchSettings {
     /// column) is retried. It is never dropped: it goes through once the cause is fixed.
     #[arg(long = "permanent-error-retry-ms", env = "PERMANENT_ERROR_RETRY_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub permanent_retry_ms: u64,
+    /// Longest pause before retrying a part after a lock conflict (exponential from 2 ms,
+    /// full jitter). Another consumer's transaction on a hot row lasts about one batch.
+    #[arg(long = "conflict-backoff-max-ms", env = "CONFLICT_BACKOFF_MAX_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(2..=10_000))]
+    pub conflict_backoff_max_ms: u64,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -211,6 +215,7 @@ impl Default for BatchSettings {
             adaptive_workers: true,
             drain_timeout_ms: 20_000,
             permanent_retry_ms: 10_000,
+            conflict_backoff_max_ms: 250,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::activity::{Activity, Interval};
 use crate::control::Control;
 use crate::gaps::Gaps;
 use crate::pipeline::OrderConsumer;
-use crate::stats::Stats;
+use crate::stats::{Stats, Totals};
 use crate::stuck::StuckWrites;
 
 /// Products listed per report: the dashboard shows the busiest few across all members.
@@ -85,7 +85,12 @@ impl StatusReporter {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let report = self.report(self.activity.take());
+            // Totals first, then the interval: the batch loop records a batch's activity
+            // before its totals, so every order counted in these totals is also in this
+            // interval's busiest products or an earlier one's. (The other way round, a
+            // report could count a batch whose products only the next report names.)
+            let totals = self.stats.totals();
+            let report = self.report(totals, self.activity.take());
             if let Err(error) = self.write(&report).await {
                 if let Some(suppressed) = WRITE_ERRORS.allow("status report") {
                     tracing::warn!(error = %Chain(&error), suppressed, "could not write this consumer's status for the dashboard");
@@ -94,7 +99,7 @@ impl StatusReporter {
         }
     }
 
-    pub fn report(&self, interval: Interval) -> MemberReport {
+    pub fn report(&self, totals: Totals, interval: Interval) -> MemberReport {
         let assigned: Vec<i32> = self
             .consumer
             .assignment()
@@ -109,7 +114,6 @@ impl StatusReporter {
         if let Some(stuck) = self.stuck.current() {
             problems.push(format!("writes stuck since {} on {} orders: {}", stuck.since.to_rfc3339(), stuck.orders, stuck.error));
         }
-        let totals = self.stats.totals();
         // Holds' ends (confirmed, cancelled, expired: by the sweeper too) and refused
         // commands, next to the placements' outcomes: the dashboard charts them all.
         let outcomes = [

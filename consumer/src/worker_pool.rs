@@ -41,6 +41,8 @@ pub struct WorkerPool {
     stuck: Arc<StuckWrites>,
     permanent_retry: Duration,
     lifecycle: LifecycleSettings,
+    /// The cap of the jittered backoff after a lock conflict.
+    conflict_backoff_max: Duration,
     /// Until when (ms since the Unix epoch) parts start with `Locking::Available`: set by
     /// every lock conflict this consumer meets (see `write_part`).
     contended_until: AtomicU64,
@@ -78,12 +80,16 @@ pub const DEFAULT_LIFECYCLE: LifecycleSettings = LifecycleSettings { default_hol
 impl WorkerPool {
     pub fn new(pool: Pool, workers: usize, stats: Arc<Stats>) -> Self {
         let permanent_retry = Duration::from_millis(crate::settings::BatchSettings::default().permanent_retry_ms);
-        Self { pool, parts: PartLimit::new(workers, true), stats, stuck: Arc::default(), permanent_retry, lifecycle: DEFAULT_LIFECYCLE, contended_until: AtomicU64::new(0) }
+        Self { pool, parts: PartLimit::new(workers, true), stats, stuck: Arc::default(), permanent_retry, lifecycle: DEFAULT_LIFECYCLE, conflict_backoff_max: Duration::from_millis(250), contended_until: AtomicU64::new(0) }
     }
 
     /// Where permanent errors are reported (for /ready), and how often they are retried.
     pub fn with_permanent_errors(self, stuck: Arc<StuckWrites>, permanent_retry: Duration) -> Self {
         Self { stuck, permanent_retry, ..self }
+    }
+
+    pub fn with_conflict_backoff_max(self, conflict_backoff_max: Duration) -> Self {
+        Self { conflict_backoff_max, ..self }
     }
 
     /// `false`: every batch is split into up to WORKERS parts, conflicts or not.
@@ -231,7 +237,7 @@ impl WorkerPool {
                     conflicts += 1;
                     self.stats.record_lock_conflict();
                     tracing::debug!(attempt = attempts, %error, "retrying after conflict");
-                    backoff(attempts, Duration::from_millis(2), Duration::from_millis(250))
+                    backoff(attempts, Duration::from_millis(2), self.conflict_backoff_max)
                 }
                 ErrorClass::Transient => {
                     self.stats.record_database_error();
