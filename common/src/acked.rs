@@ -1,15 +1,17 @@
 //! A Kafka producer whose callers wait for the broker's acknowledgement of every message they
 //! sent: the API's 202 (orders and commands) and the consumer's events both rest on it.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::oneshot;
+
+use crate::polled::PolledProducer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -93,20 +95,8 @@ impl ProducerContext for AckRouter {
     }
 }
 
-/// How long each of the polling thread's `poll` calls lasts. Delivery reports are served
-/// the moment they arrive whatever this is; it only sets how often the thread looks at its
-/// stop flag, and how often rust-rdkafka 0.39's `BaseProducer::poll` spins: it calls
-/// librdkafka with the time left truncated to whole milliseconds, so in the last
-/// millisecond of every call it polls without blocking, reading the clock in a loop (a
-/// system call on this kind of VM). `ThreadedProducer`'s thread does that every 100 ms:
-/// 0.9% of a core per producer, idle or not, measured with `/proc/<pid>/task/*/stat`
-/// (110 ticks of system time in 124 s). Once a second makes it a tenth of that.
-const POLL_EVERY: Duration = Duration::from_secs(1);
-
 pub struct AckedProducer {
-    producer: Arc<BaseProducer<AckRouter>>,
-    /// Set on drop; the polling thread ends within POLL_EVERY and releases the client.
-    stop: Arc<AtomicBool>,
+    producer: PolledProducer<AckRouter>,
     timeout: Duration,
 }
 
@@ -114,22 +104,7 @@ impl AckedProducer {
     /// `config` should set `message.timeout.ms` to `timeout`: a delivery report, success or
     /// failure, then always arrives within it.
     pub fn new(config: &ClientConfig, timeout: Duration) -> Result<Self, KafkaError> {
-        let producer: Arc<BaseProducer<AckRouter>> = Arc::new(config.create_with_context(AckRouter)?);
-        let stop = Arc::new(AtomicBool::new(false));
-        // Not joined on drop (that could take POLL_EVERY): the thread holds its own
-        // reference, so the client is destroyed when the thread ends.
-        std::thread::Builder::new()
-            .name("kafka-acks".into())
-            .spawn({
-                let (producer, stop) = (producer.clone(), stop.clone());
-                move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        producer.poll(POLL_EVERY);
-                    }
-                }
-            })
-            .map_err(|error| KafkaError::ClientCreation(format!("cannot start the delivery report thread: {error}")))?;
-        Ok(Self { producer, stop, timeout })
+        Ok(Self { producer: PolledProducer::new(config, AckRouter, "kafka-acks")?, timeout })
     }
 
     /// Publishes every message to `topic` and waits for all acknowledgements. On error some
@@ -182,12 +157,6 @@ impl AckedProducer {
         if let Err(error) = self.producer.flush(Timeout::After(timeout)) {
             tracing::warn!(%error, "producer flush at shutdown did not complete");
         }
-    }
-}
-
-impl Drop for AckedProducer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -15,6 +15,7 @@ pub mod log_limit;
 pub mod member_report;
 pub mod metrics;
 pub mod order;
+pub mod polled;
 pub mod protocol_trace;
 pub mod shutdown;
 pub mod telemetry;
