@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use orderflow_common::protocol_trace::Step;
 
-use crate::support::{message, placed_order, wait_exit, Stack};
-use crate::traced::{spawn_traced, stop, wait_for_assignment, wait_for_step};
+use crate::support::{message, placed_order, stop, wait_exit, Stack};
+use crate::traced::{spawn_traced, wait_for_assignment, wait_for_step};
 
 fn sigterm(pid: u32) {
     let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();

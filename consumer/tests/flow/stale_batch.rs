@@ -23,7 +23,7 @@ use uuid::Uuid;
 use orderflow_common::protocol_trace::{self, Record, Step};
 use orderflow_common::testing::eventually;
 
-use crate::support::{message, placed_order, Stack};
+use crate::support::{message, placed_order, stop, Stack};
 use crate::traced::read_traces;
 
 fn spawn(stack: &Stack, dir: &std::path::Path, database_url: &str, name: &str) -> Child {
@@ -83,17 +83,6 @@ impl Drop for Role {
     }
 }
 
-/// SIGTERM, and the exit status 0 of a graceful stop.
-async fn stop(consumer: Child) {
-    assert!(Command::new("kill").args(["-TERM", &consumer.id().to_string()]).status().unwrap().success());
-    let exit = tokio::task::spawn_blocking(move || {
-        let mut consumer = consumer;
-        consumer.wait().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(exit.success(), "a consumer exits 0 on SIGTERM: {exit:?}");
-}
 
 fn steps(dir: &std::path::Path, member: Uuid) -> Vec<Record> {
     read_traces(dir).into_iter().find(|(m, _)| *m == member).map(|(_, records)| records).unwrap_or_default()

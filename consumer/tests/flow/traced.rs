@@ -30,7 +30,7 @@ use orderflow_common::order::PlacedOrder;
 use orderflow_common::protocol_trace::{self, Record, Step};
 use orderflow_common::testing::eventually;
 
-use crate::support::{command, message, placed_cart, placed_order, wait_exit, Stack};
+use crate::support::{command, message, placed_cart, placed_order, stop, wait_exit, Stack};
 
 /// Stock at the start of `crash_run`, by product.
 pub const STOCK: [(&str, i64); 4] = [("PROD002", 30), ("PROD003", 20), ("PROD004", 5), ("PROD005", 5)];
@@ -278,18 +278,6 @@ pub async fn wait_for_step(dir: &Path, member: Uuid, what: &str, matches: fn(&St
     .await
 }
 
-/// SIGTERM, and the exit status 0 of a graceful stop.
-pub async fn stop(consumer: Child) {
-    let status = Command::new("kill").args(["-TERM", &consumer.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || {
-        let mut consumer = consumer;
-        consumer.wait().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(exit.success(), "a consumer exits 0 on SIGTERM: {exit:?}");
-}
 
 /// The event of every change in the database: each placement's, each expiry's and each
 /// command's decision.
