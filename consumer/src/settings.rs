@@ -103,6 +103,11 @@ pub struct BatchSettings {
     /// conflicted batch, one more after a clean one (concurrency.rs). false: always WORKERS.
     #[arg(long = "adaptive-workers", env = "ADAPTIVE_WORKERS", default_value_t = true, action = clap::ArgAction::Set)]
     pub adaptive_workers: bool,
+    /// While this consumer meets lock conflicts, place products in fixed lanes (a hash of the
+    /// product id, the same in every consumer) so that parts of different consumers meet only
+    /// on a shared lane (split.rs). false: every batch split for balance alone.
+    #[arg(long = "lanes", env = "LANES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub lanes: bool,
     /// On shutdown, how long the batch in hand may take before it is abandoned (its offsets
     /// stay uncommitted, so it is redelivered).
     #[arg(long = "drain-timeout-ms", env = "DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
@@ -213,6 +218,7 @@ impl Default for BatchSettings {
             fetch_wait_max_ms: 10,
             workers: 4,
             adaptive_workers: true,
+            lanes: true,
             drain_timeout_ms: 20_000,
             permanent_retry_ms: 10_000,
             conflict_backoff_max_ms: 250,

@@ -9,19 +9,54 @@
 //! products, and a hash would often leave one worker with twice the work of another while
 //! the batch waits for the slowest. Without carts every component is one product, and this
 //! is the per-product split the consumer always did.
+//!
+//! That balance is per batch, so it differs between consumers: with several consumers in a
+//! group, every consumer's batch holds the same hot products (orders are keyed by customer),
+//! and a balanced part of one consumer shares rows with every part of every other. While a
+//! consumer meets lock conflicts it places components in fixed lanes instead
+//! (`Layout::Lanes`): a product's lane is a hash of its id, the same in every consumer, and a
+//! part is a set of whole lanes. Two consumers' parts then meet only where they hold the
+//! same lane, and transactions on different lanes run side by side.
 
 use std::collections::HashMap;
 
-/// Splits `orders` into at most `parts` groups, keeping their order inside each group.
-/// `products(order)` gives the products an order (a placement, or a command acting on one)
-/// touches; an order with several links them.
-pub fn split<'a, T, P, I>(orders: &[T], parts: usize, products: P) -> Vec<Vec<T>>
+/// How components are placed into parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Busiest component first, to the part with the least work so far: the most even split
+    /// of this batch. For a consumer alone on its rows.
+    Balanced { parts: usize },
+    /// Component to lane `hash(smallest product id) % lanes`, lane to part `lane % parts`:
+    /// the same in every consumer of the group that has the same `lanes`, whatever its
+    /// `parts`, so a part of any consumer is a union of whole lanes.
+    Lanes { lanes: usize, parts: usize },
+}
+
+impl Layout {
+    pub fn parts(self) -> usize {
+        match self {
+            Self::Balanced { parts } | Self::Lanes { parts, .. } => parts.max(1),
+        }
+    }
+}
+
+/// A product's lane: FNV-1a over its id, so every process and version agrees (std's hasher
+/// is seeded per process and not stable across releases).
+pub fn lane(product: &str, lanes: usize) -> usize {
+    let hash = product.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+    (hash % lanes.max(1) as u64) as usize
+}
+
+/// Splits `orders` into at most `layout.parts()` groups, keeping their order inside each
+/// group. `products(order)` gives the products an order (a placement, or a command acting on
+/// one) touches; an order with several links them.
+pub fn split<'a, T, P, I>(orders: &[T], layout: Layout, products: P) -> Vec<Vec<T>>
 where
     T: Copy,
     P: Fn(T) -> I,
     I: Iterator<Item = &'a str>,
 {
-    let parts = parts.max(1);
+    let parts = layout.parts();
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut names: Vec<&str> = Vec::new();
     let mut weight: Vec<usize> = Vec::new();
@@ -56,10 +91,13 @@ where
     busiest_first.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(b.2)));
     let mut load = vec![0_usize; parts];
     let mut part_of_root = vec![0_usize; names.len()];
-    for (root, w, _) in busiest_first {
-        let lightest = (0..parts).min_by_key(|&part| load[part]).unwrap_or(0);
-        load[lightest] += w;
-        part_of_root[root] = lightest;
+    for (root, w, smallest) in busiest_first {
+        let part = match layout {
+            Layout::Balanced { .. } => (0..parts).min_by_key(|&part| load[part]).unwrap_or(0),
+            Layout::Lanes { lanes, .. } => lane(smallest, lanes) % parts,
+        };
+        load[part] += w;
+        part_of_root[root] = part;
     }
 
     let mut groups: Vec<Vec<T>> = (0..parts).map(|_| Vec::new()).collect();
@@ -171,7 +209,7 @@ mod tests {
 
     fn run(orders: &[Order], parts: usize) -> Vec<Vec<&Order>> {
         let refs: Vec<&Order> = orders.iter().collect();
-        split(&refs, parts, |o: &Order| o.lines.iter().map(|line| line.product_id.as_str()))
+        split(&refs, Layout::Balanced { parts }, |o: &Order| o.lines.iter().map(|line| line.product_id.as_str()))
     }
 
     #[test]
@@ -221,6 +259,28 @@ mod tests {
         skewed.extend((0..100).map(|i| order(900 + i, &[&format!("COLD{i}")])));
         let parts = run(&skewed, 4);
         assert!(parts.iter().any(|part| part.len() == 900 && part.iter().all(|o| o.lines[0].product_id == "HOT")));
+    }
+
+    #[test]
+    fn in_lanes_two_products_share_a_part_exactly_when_their_lanes_do_whatever_the_batch() {
+        // Two consumers' batches over the same hot products, with different weights and one
+        // product missing from the second: the grouping depends only on the product ids.
+        let first: Vec<Order> = (0..1000).map(|i| order(i, &[&format!("PROD{:03}", i % 10)])).collect();
+        let second: Vec<Order> = (0..1000).map(|i| order(i, &[&format!("PROD{:03}", (i * i + 3) % 9)])).collect();
+        for parts in 1..=4 {
+            for batch in [&first, &second] {
+                let refs: Vec<&Order> = batch.iter().collect();
+                let split = split(&refs, Layout::Lanes { lanes: 4, parts }, |o: &Order| o.lines.iter().map(|line| line.product_id.as_str()));
+                check(batch, &split, parts);
+                for part in &split {
+                    let groups: Vec<usize> = part.iter().map(|o| lane(&o.lines[0].product_id, 4) % parts).collect();
+                    assert!(groups.windows(2).all(|w| w[0] == w[1]), "one part holds products of one lane group: {groups:?}");
+                }
+            }
+        }
+        // The hash spreads these ids: not every product in one lane.
+        let used: std::collections::HashSet<usize> = (0..10).map(|i| lane(&format!("PROD{i:03}"), 4)).collect();
+        assert!(used.len() > 1, "{used:?}");
     }
 
     #[test]

@@ -139,6 +139,7 @@ impl Application {
                 WorkerPool::new(pool, settings.batch.workers as usize, stats.clone())
                     .with_permanent_errors(stuck, settings.batch.permanent_retry())
                     .with_adaptive_parts(settings.batch.adaptive_workers)
+                    .with_lanes(settings.batch.lanes)
                     .with_conflict_backoff_max(Duration::from_millis(settings.batch.conflict_backoff_max_ms))
                     .with_lifecycle(lifecycle),
             ),

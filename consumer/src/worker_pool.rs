@@ -24,6 +24,7 @@ use orderflow_common::order::{Line, ValidOrder};
 use crate::concurrency::PartLimit;
 use crate::lifecycle::Step;
 use crate::protocol_trace::{self, Step as TraceStep};
+use crate::split::Layout;
 use crate::reservation::{self, Applied, ErrorClass, LifecycleSettings, Locking, Part, PartResult, ReserveError, Touches};
 use crate::stats::Stats;
 use crate::stuck::StuckWrites;
@@ -46,6 +47,8 @@ pub struct WorkerPool {
     /// Until when (ms since the Unix epoch) parts start with `Locking::Available`: set by
     /// every lock conflict this consumer meets (see `write_part`).
     contended_until: AtomicU64,
+    /// Whether contended batches are split in lanes (split.rs) rather than for balance.
+    lanes: bool,
 }
 
 /// How long one lock conflict keeps this consumer's parts on SKIP LOCKED from their first
@@ -80,7 +83,7 @@ pub const DEFAULT_LIFECYCLE: LifecycleSettings = LifecycleSettings { default_hol
 impl WorkerPool {
     pub fn new(pool: Pool, workers: usize, stats: Arc<Stats>) -> Self {
         let permanent_retry = Duration::from_millis(crate::settings::BatchSettings::default().permanent_retry_ms);
-        Self { pool, parts: PartLimit::new(workers, true), stats, stuck: Arc::default(), permanent_retry, lifecycle: DEFAULT_LIFECYCLE, conflict_backoff_max: Duration::from_millis(250), contended_until: AtomicU64::new(0) }
+        Self { pool, parts: PartLimit::new(workers, true), stats, stuck: Arc::default(), permanent_retry, lifecycle: DEFAULT_LIFECYCLE, conflict_backoff_max: Duration::from_millis(250), contended_until: AtomicU64::new(0), lanes: true }
     }
 
     /// Where permanent errors are reported (for /ready), and how often they are retried.
@@ -96,6 +99,11 @@ impl WorkerPool {
     pub fn with_adaptive_parts(self, adaptive: bool) -> Self {
         let max = self.parts.max();
         Self { parts: PartLimit::new(max, adaptive), ..self }
+    }
+
+    /// `false`: contended batches too are split for balance alone, not in lanes.
+    pub fn with_lanes(self, lanes: bool) -> Self {
+        Self { lanes, ..self }
     }
 
     pub fn with_lifecycle(self, lifecycle: LifecycleSettings) -> Self {
@@ -126,7 +134,7 @@ impl WorkerPool {
         } else {
             self.retrying(None, elsewhere.len(), abandon, || locate(&self.pool, &elsewhere)).await?.0
         };
-        let (parts, parked) = plan(&items, &located, self.parts.parts());
+        let (parts, parked) = plan(&items, &located, self.layout());
         // The parking transaction is the last part in the protocol trace.
         let park_index = parts.len();
         let writes = parts.iter().enumerate().map(|(index, part)| self.write_part(index, part, abandon));
@@ -190,6 +198,16 @@ impl WorkerPool {
                     rest = Some(left);
                 }
             }
+        }
+    }
+
+    /// Balanced while this consumer meets no conflicts; in lanes while it does (split.rs).
+    fn layout(&self) -> Layout {
+        let parts = self.parts.parts();
+        if self.lanes && self.contended() {
+            Layout::Lanes { lanes: self.parts.max(), parts }
+        } else {
+            Layout::Balanced { parts }
         }
     }
 
@@ -356,7 +374,7 @@ pub fn unique(messages: &[Inbound]) -> (Vec<Item<'_>>, u64) {
 /// placement it acts on. A command acts on every product of its order, so a command for a
 /// cart locks all of the cart's products. Commands whose order is neither in the batch nor
 /// in `located` come back apart, to be parked.
-pub fn plan<'a>(items: &[Item<'a>], located: &'a HashMap<Uuid, Vec<String>>, parts: usize) -> (Vec<Part<'a>>, Vec<&'a ValidCommand>) {
+pub fn plan<'a>(items: &[Item<'a>], located: &'a HashMap<Uuid, Vec<String>>, layout: Layout) -> (Vec<Part<'a>>, Vec<&'a ValidCommand>) {
     let placed: HashMap<Uuid, (usize, &'a [Line])> = items
         .iter()
         .enumerate()
@@ -388,7 +406,7 @@ pub fn plan<'a>(items: &[Item<'a>], located: &'a HashMap<Uuid, Vec<String>>, par
         }
     }
     debug_assert!(deferred.is_empty(), "every deferred command follows its placement");
-    let parts = crate::split::split(&sequence, parts, |(products, _)| products.iter())
+    let parts = crate::split::split(&sequence, layout, |(products, _)| products.iter())
         .into_iter()
         .map(|group| {
             let (touches, steps) = group.into_iter().unzip();
@@ -470,7 +488,7 @@ mod tests {
             Item::Place(&b),
         ];
         let located: HashMap<Uuid, Vec<String>> = [(elsewhere.order_id, vec!["A".to_owned()])].into();
-        let (parts, parked) = plan(&items, &located, 4);
+        let (parts, parked) = plan(&items, &located, Layout::Balanced { parts: 4 });
         assert_eq!(parked.len(), 1);
         assert_eq!(parked[0].command_id, stranger.command_id);
         let part_a = parts.iter().find(|p| p.products == ["A"]).expect("a part for A");
@@ -494,7 +512,7 @@ mod tests {
         // links C and D, and must lock both.
         let located: HashMap<Uuid, Vec<String>> = [(stored.order_id, vec!["C".to_owned(), "D".to_owned()])].into();
         let items = [Item::Command(&cancel_cart), Item::Place(&c), Item::Place(&cart), Item::Place(&d), Item::Command(&confirm_stored)];
-        let (parts, parked) = plan(&items, &located, 4);
+        let (parts, parked) = plan(&items, &located, Layout::Balanced { parts: 4 });
         assert!(parked.is_empty());
         let part_ab = parts.iter().find(|p| p.products == ["A", "B"]).expect("the cart's part locks A and B");
         assert_eq!(steps(part_ab), [format!("place {}", cart.order_id), format!("cancel {}", cart.order_id)]);

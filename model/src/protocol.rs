@@ -203,7 +203,7 @@ impl OrderflowModel {
         } else {
             items
         };
-        let (planned, parked) = worker_pool::plan(&items, &located, self.world.workers);
+        let (planned, parked) = worker_pool::plan(&items, &located, split::Layout::Balanced { parts: self.world.workers });
         let mut parts: Vec<Part> = planned
             .iter()
             .map(|part| {
