@@ -38,8 +38,18 @@ pub struct MemberReport {
     pub outcomes: BTreeMap<String, u64>,
     /// placed_at -> database commit, of the orders committed in the last interval.
     pub latency: LatencyHistogram,
-    /// The busiest products of the last interval: (product_id, orders), busiest first.
-    pub hot_products: Vec<(String, u64)>,
+    /// The busiest products of each of the last few intervals, oldest first. A member may
+    /// report twice between two reads of the dashboard; each interval carries its end, so
+    /// the reader counts every interval once, whichever report it came in.
+    #[serde(default)]
+    pub hot_intervals: Vec<HotInterval>,
+}
+
+/// One report interval's busiest products: (product_id, orders), busiest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HotInterval {
+    pub until: DateTime<Utc>,
+    pub products: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

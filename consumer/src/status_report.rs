@@ -4,6 +4,7 @@
 //! it reads the rows instead (producer/src/dashboard). A failed write is logged,
 //! rate-limited, and never fatal: the dashboard then shows this member as gone.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use rdkafka::consumer::Consumer;
 
 use orderflow_common::errors::Chain;
 use orderflow_common::log_limit::{self, LogLimiter};
-use orderflow_common::member_report::{MemberReport, PartitionReport};
+use orderflow_common::member_report::{HotInterval, MemberReport, PartitionReport};
 
 use crate::activity::{Activity, Interval};
 use crate::control::Control;
@@ -22,8 +23,11 @@ use crate::pipeline::OrderConsumer;
 use crate::stats::{Stats, Totals};
 use crate::stuck::StuckWrites;
 
-/// Products listed per report: the dashboard shows the busiest few across all members.
+/// Products listed per interval: the dashboard shows the busiest few across all members.
 const HOT_PRODUCTS: usize = 10;
+/// Intervals repeated in each report: the dashboard reads once a second, so a read may miss
+/// a report (two reports between reads, a slow write) but not five in a row.
+const HOT_INTERVALS: usize = 5;
 /// A write slower than this is given up; the next tick tries again.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -83,6 +87,7 @@ impl StatusReporter {
     pub async fn run(self, every: Duration) {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recent: VecDeque<HotInterval> = VecDeque::with_capacity(HOT_INTERVALS + 1);
         loop {
             ticker.tick().await;
             // Totals first, then the interval: the batch loop records a batch's activity
@@ -90,7 +95,16 @@ impl StatusReporter {
             // interval's busiest products or an earlier one's. (The other way round, a
             // report could count a batch whose products only the next report names.)
             let totals = self.stats.totals();
-            let report = self.report(totals, self.activity.take());
+            let interval = self.activity.take();
+            // Only intervals with orders: an idle member's report carries its last busy ones.
+            let products = interval.top_products(HOT_PRODUCTS);
+            if !products.is_empty() {
+                recent.push_back(HotInterval { until: Utc::now(), products });
+                if recent.len() > HOT_INTERVALS {
+                    recent.pop_front();
+                }
+            }
+            let report = self.report(totals, &interval, recent.iter().cloned().collect());
             if let Err(error) = self.write(&report).await {
                 if let Some(suppressed) = WRITE_ERRORS.allow("status report") {
                     tracing::warn!(error = %Chain(&error), suppressed, "could not write this consumer's status for the dashboard");
@@ -99,7 +113,7 @@ impl StatusReporter {
         }
     }
 
-    pub fn report(&self, totals: Totals, interval: Interval) -> MemberReport {
+    pub fn report(&self, totals: Totals, interval: &Interval, hot_intervals: Vec<HotInterval>) -> MemberReport {
         let assigned: Vec<i32> = self
             .consumer
             .assignment()
@@ -148,8 +162,8 @@ impl StatusReporter {
             lock_conflicts: totals.lock_conflicts,
             dead_lettered: totals.failed,
             outcomes,
-            hot_products: interval.top_products(HOT_PRODUCTS),
-            latency: interval.latency,
+            hot_intervals,
+            latency: interval.latency.clone(),
         }
     }
 

@@ -149,6 +149,8 @@ pub fn parse_products(raw: Option<&str>) -> Result<Vec<String>, String> {
 #[derive(Debug, Clone)]
 struct Seen {
     reported_at: DateTime<Utc>,
+    /// The end of the newest hot interval already counted from this member.
+    hot_until: Option<DateTime<Utc>>,
     outcomes: BTreeMap<String, u64>,
     rates: BTreeMap<String, f64>,
 }
@@ -181,15 +183,13 @@ impl Tracker {
         let mut rates: BTreeMap<String, f64> = CHART_SERIES.iter().map(|s| ((*s).to_owned(), 0.0)).collect();
         let mut totals: BTreeMap<String, u64> = BTreeMap::new();
         let mut latency = LatencyHistogram::default();
-        let mut hot_now: Vec<(String, u64)> = Vec::new();
+        let mut hot_now: Vec<(DateTime<Utc>, Vec<(String, u64)>)> = Vec::new();
         let mut consumers = Vec::with_capacity(live.len());
         let mut problems = Vec::new();
         for row in &live {
             let report = &row.report;
-            let (member_rates, fresh) = self.member_rates(report);
-            if fresh {
-                hot_now.extend(report.hot_products.iter().cloned());
-            }
+            let member_rates = self.member_rates(report);
+            hot_now.extend(self.new_hot_intervals(report));
             for (outcome, rate) in &member_rates {
                 *rates.entry(outcome.clone()).or_default() += rate;
             }
@@ -246,55 +246,68 @@ impl Tracker {
         self.history.iter().cloned().collect()
     }
 
-    /// A member's rates per outcome, and whether its report is new since the last tick.
+    /// The member's hot intervals not counted yet, marked as counted. A report repeats its
+    /// last few intervals, so none is lost when the member reported twice since the last
+    /// tick, and none is counted twice when it did not report at all.
+    fn new_hot_intervals(&mut self, report: &MemberReport) -> Vec<(DateTime<Utc>, Vec<(String, u64)>)> {
+        let Some(seen) = self.members.get_mut(&report.member_id) else { return Vec::new() };
+        let fresh: Vec<_> = report
+            .hot_intervals
+            .iter()
+            .filter(|interval| seen.hot_until.is_none_or(|until| interval.until > until))
+            .map(|interval| (interval.until, interval.products.clone()))
+            .collect();
+        if let Some((until, _)) = fresh.last() {
+            seen.hot_until = Some(*until);
+        }
+        fresh
+    }
+
+    /// A member's rates per outcome.
     ///
     /// Rates come from the difference of cumulative counters over the member's own report
     /// times, so a report read twice (the producer ticked before the member wrote again)
     /// keeps its rates instead of showing a zero then a double. A member seen for the
     /// first time counts from its start if it started just now; otherwise (this producer
     /// just started) it has no baseline yet and shows 0 for one tick.
-    fn member_rates(&mut self, report: &MemberReport) -> (BTreeMap<String, f64>, bool) {
-        let (rates, fresh) = match self.members.get(&report.member_id) {
-            Some(seen) if report.reported_at <= seen.reported_at => (seen.rates.clone(), false),
+    fn member_rates(&mut self, report: &MemberReport) -> BTreeMap<String, f64> {
+        let hot_until = self.members.get(&report.member_id).and_then(|seen| seen.hot_until);
+        let rates = match self.members.get(&report.member_id) {
+            Some(seen) if report.reported_at <= seen.reported_at => seen.rates.clone(),
             Some(seen) => {
                 let elapsed = seconds(report.reported_at - seen.reported_at);
-                let rates = report
+                report
                     .outcomes
                     .iter()
                     .map(|(outcome, count)| {
                         let before = seen.outcomes.get(outcome).copied().unwrap_or(0);
                         (outcome.clone(), count.saturating_sub(before) as f64 / elapsed)
                     })
-                    .collect();
-                (rates, true)
+                    .collect()
             }
             None => {
                 let running = report.reported_at - report.started_at;
-                let rates = if running <= chrono::Duration::from_std(STALE_AFTER).expect("small") {
+                if running <= chrono::Duration::from_std(STALE_AFTER).expect("small") {
                     let elapsed = seconds(running).max(1.0);
                     report.outcomes.iter().map(|(outcome, count)| (outcome.clone(), *count as f64 / elapsed)).collect()
                 } else {
                     report.outcomes.keys().map(|outcome| (outcome.clone(), 0.0)).collect()
-                };
-                (rates, true)
+                }
             }
         };
         self.members.insert(
             report.member_id.clone(),
-            Seen { reported_at: report.reported_at, outcomes: report.outcomes.clone(), rates: rates.clone() },
+            Seen { reported_at: report.reported_at, hot_until, outcomes: report.outcomes.clone(), rates: rates.clone() },
         );
-        (rates, fresh)
+        rates
     }
 
-    /// Adds this tick's fresh hot lists and ranks products over the last minute.
-    fn hot_products(&mut self, now: DateTime<Utc>, fresh: Vec<(String, u64)>) -> Vec<(String, u64)> {
-        if !fresh.is_empty() {
-            self.hot.push_back((now, fresh));
-        }
+    /// Adds the members' new hot intervals and ranks products over the last minute, by each
+    /// interval's own end (members' clocks, as their rates use).
+    fn hot_products(&mut self, now: DateTime<Utc>, fresh: Vec<(DateTime<Utc>, Vec<(String, u64)>)>) -> Vec<(String, u64)> {
+        self.hot.extend(fresh);
         let window = chrono::Duration::from_std(HOT_WINDOW).expect("small");
-        while self.hot.front().is_some_and(|(at, _)| now - *at > window) {
-            self.hot.pop_front();
-        }
+        self.hot.retain(|(at, _)| now - *at <= window);
         let mut counts: HashMap<&str, u64> = HashMap::new();
         for (_, products) in &self.hot {
             for (product, count) in products {
@@ -349,6 +362,7 @@ pub fn products_to_read(hot: &[(String, u64)], requested: &[String]) -> Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orderflow_common::member_report::HotInterval;
 
     fn report(member: &str, started: DateTime<Utc>, at: DateTime<Utc>, reserved: u64, hot: &[(&str, u64)]) -> MemberReport {
         MemberReport {
@@ -368,8 +382,12 @@ mod tests {
             dead_lettered: 0,
             outcomes: [("reserved".to_owned(), reserved), ("rejected".to_owned(), 0)].into(),
             latency: LatencyHistogram::default(),
-            hot_products: hot.iter().map(|(p, c)| ((*p).to_owned(), *c)).collect(),
+            hot_intervals: if hot.is_empty() { vec![] } else { vec![interval(at, hot)] },
         }
+    }
+
+    fn interval(until: DateTime<Utc>, hot: &[(&str, u64)]) -> HotInterval {
+        HotInterval { until, products: hot.iter().map(|(p, c)| ((*p).to_owned(), *c)).collect() }
     }
 
     fn row(report: MemberReport, age_s: u64) -> StatusRow {
@@ -436,6 +454,24 @@ mod tests {
         let later = tracker.observe(t0 + s(70), vec![row(report("a", started, t0 + s(70), 0, &[]), 0)], 0).hot;
         assert!(later.is_empty(), "{later:?}");
         assert_eq!(products_to_read(&hot, &["P9".into(), "P1".into()]), ["P2", "P1", "P9"]);
+    }
+
+    #[test]
+    fn a_report_the_dashboard_never_read_still_counts_its_busiest_products() {
+        let t0 = Utc::now();
+        let started = t0 - chrono::Duration::hours(1);
+        let s = chrono::Duration::seconds;
+        let mut tracker = Tracker::default();
+        tracker.observe(t0, vec![row(report("a", started, t0, 0, &[("P1", 50)]), 0)], 0);
+        // The member reported at t0+1 (P3 busy) and t0+2 (P2) before the next read: the read
+        // sees only the second report, which repeats the intervals before it.
+        let mut latest = report("a", started, t0 + s(2), 0, &[]);
+        latest.hot_intervals = vec![interval(t0, &[("P1", 50)]), interval(t0 + s(1), &[("P3", 70)]), interval(t0 + s(2), &[("P2", 5)])];
+        let hot = tracker.observe(t0 + s(2), vec![row(latest.clone(), 0)], 0).hot;
+        assert_eq!(hot, vec![("P3".to_owned(), 70), ("P1".to_owned(), 50), ("P2".to_owned(), 5)], "P1 once, P3 not lost");
+        // The same report read again, or an idle member repeating its last intervals: nothing new.
+        let again = tracker.observe(t0 + s(3), vec![row(latest, 1)], 0).hot;
+        assert_eq!(again, hot);
     }
 
     #[test]
