@@ -222,6 +222,43 @@ pub struct PartResult {
     pub outbox: usize,
     /// What it did, for the protocol trace: gathered only when recording.
     pub trace: Option<Effects>,
+    /// Whether taking its lane locks had to wait for another transaction (`LaneLocks`).
+    pub waited_for_lanes: bool,
+}
+
+/// Lane locks: while consumers of a group contend, each part first takes a transaction-level
+/// advisory lock per lane of its products (split::lane), in lane order, waiting for it. Two
+/// consumers' parts on one lane then queue in PostgreSQL's lock queue and follow each other
+/// at once, instead of failing NOWAIT on the row and sleeping a jittered backoff while the
+/// row stands free. The product rows themselves are still locked NOWAIT (or SKIP LOCKED)
+/// after that: writers that take no lane lock (the expiry sweeper) still meet a conflict
+/// instead of a wait. Lanes are taken in ascending order and row locks never wait, so no
+/// lock cycle can form; `LANE_WAIT_LIMIT` bounds the wait anyway, and a part that reaches
+/// it fails as a lock conflict (55P03) and is retried like one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneLocks {
+    pub lanes: usize,
+}
+
+/// The advisory lock space of lane locks (the first key of the two-key form): "of".
+pub const LANE_LOCK_SPACE: i32 = 0x6f66;
+const LANE_WAIT_LIMIT: &str = "SET LOCAL lock_timeout = '5s'";
+/// unnest keeps the array's order, and the array is sorted: lanes are taken in order.
+const TAKE_LANES: &str = "SELECT pg_advisory_xact_lock($1, lane) FROM unnest($2::int4[]) AS lane";
+/// Taking lane locks slower than this means another transaction held one: the consumer is
+/// still contended (worker_pool keeps its lanes). A free lock takes one round trip.
+const LANE_WAIT_SIGNAL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Takes the lane locks of `products` in this transaction; true if it had to wait.
+async fn take_lanes(transaction: &Transaction<'_>, products: &[&str], locks: LaneLocks) -> Result<bool, ReserveError> {
+    let mut lanes: Vec<i32> = products.iter().map(|product| crate::split::lane(product, locks.lanes) as i32).collect();
+    lanes.sort_unstable();
+    lanes.dedup();
+    let started = std::time::Instant::now();
+    transaction.batch_execute(LANE_WAIT_LIMIT).await?;
+    let take = transaction.prepare_cached(TAKE_LANES).await?;
+    transaction.query(&take, &[&LANE_LOCK_SPACE, &lanes]).await?;
+    Ok(started.elapsed() > LANE_WAIT_SIGNAL)
 }
 
 // Sorting before locking gives every transaction the same lock order. With NOWAIT that
@@ -310,7 +347,7 @@ pub(crate) const MOVE_STOCK: &str = "UPDATE inventory AS i \
 /// Applies a part in one READ COMMITTED transaction: lock its products (sorted, NOWAIT),
 /// read what exists, decide in memory (`lifecycle::Ledger`), write set-based, commit.
 pub async fn apply(pool: &Pool, part: &Part<'_>, settings: &LifecycleSettings) -> Result<PartResult, ReserveError> {
-    Ok(apply_with(pool, part, settings, Locking::All).await?.0)
+    Ok(apply_with(pool, part, settings, Locking::All, None).await?.0)
 }
 
 /// `apply`, with the locks taken as `locking` says. With `Locking::Available` the part may
@@ -321,9 +358,25 @@ pub async fn apply_with<'a>(
     part: &Part<'a>,
     settings: &LifecycleSettings,
     locking: Locking,
+    lane_locks: Option<LaneLocks>,
 ) -> Result<(PartResult, Option<Part<'a>>), ReserveError> {
     let mut client = pool.get().await?;
     let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?;
+    let waited_for_lanes = match lane_locks {
+        Some(locks) => take_lanes(&transaction, &part.products, locks).await?,
+        None => false,
+    };
+    let (mut result, rest) = lock_and_write(transaction, part, settings, locking).await?;
+    result.waited_for_lanes = waited_for_lanes;
+    Ok((result, rest))
+}
+
+async fn lock_and_write<'a>(
+    transaction: Transaction<'_>,
+    part: &Part<'a>,
+    settings: &LifecycleSettings,
+    locking: Locking,
+) -> Result<(PartResult, Option<Part<'a>>), ReserveError> {
     if locking == Locking::All {
         let (available, now) = lock_products(&transaction, &part.products).await?;
         return Ok((write_locked(transaction, part, available, now, settings).await?, None));

@@ -25,7 +25,7 @@ use crate::concurrency::PartLimit;
 use crate::lifecycle::Step;
 use crate::protocol_trace::{self, Step as TraceStep};
 use crate::split::Layout;
-use crate::reservation::{self, Applied, ErrorClass, LifecycleSettings, Locking, Part, PartResult, ReserveError, Touches};
+use crate::reservation::{self, Applied, ErrorClass, LaneLocks, LifecycleSettings, Locking, Part, PartResult, ReserveError, Touches};
 use crate::stats::Stats;
 use crate::stuck::StuckWrites;
 
@@ -134,10 +134,15 @@ impl WorkerPool {
         } else {
             self.retrying(None, elsewhere.len(), abandon, || locate(&self.pool, &elsewhere)).await?.0
         };
-        let (parts, parked) = plan(&items, &located, self.layout());
+        let layout = self.layout();
+        let lane_locks = match layout {
+            Layout::Lanes { lanes, .. } => Some(LaneLocks { lanes }),
+            Layout::Balanced { .. } => None,
+        };
+        let (parts, parked) = plan(&items, &located, layout);
         // The parking transaction is the last part in the protocol trace.
         let park_index = parts.len();
-        let writes = parts.iter().enumerate().map(|(index, part)| self.write_part(index, part, abandon));
+        let writes = parts.iter().enumerate().map(|(index, part)| self.write_part(index, part, lane_locks, abandon));
         let park = async {
             if parked.is_empty() {
                 return Ok((PartResult::default(), 0));
@@ -167,7 +172,7 @@ impl WorkerPool {
     /// before the held one, and rolls it all back. With 4 consumers on the 100,000-product
     /// catalog, NOWAIT first gave 12,278/s and this 28,526/s (README, Scaling). A single
     /// consumer never conflicts and always takes its locks NOWAIT.
-    async fn write_part(&self, index: usize, part: &Part<'_>, abandon: &CancellationToken) -> Result<(PartResult, u64), Abandoned> {
+    async fn write_part(&self, index: usize, part: &Part<'_>, lane_locks: Option<LaneLocks>, abandon: &CancellationToken) -> Result<(PartResult, u64), Abandoned> {
         let mut total = PartResult::default();
         let mut conflicts = 0;
         let mut rest = None;
@@ -176,9 +181,15 @@ impl WorkerPool {
             let current = rest.as_ref().unwrap_or(part);
             let ((mut done, left), met) = self
                 .retrying(Some(index), current.steps.len(), abandon, || {
-                    reservation::apply_with(&self.pool, current, &self.lifecycle, std::mem::replace(&mut locking, Locking::Available))
+                    reservation::apply_with(&self.pool, current, &self.lifecycle, std::mem::replace(&mut locking, Locking::Available), lane_locks)
                 })
                 .await?;
+            // Waiting for a lane another consumer held is contention too, though it costs no
+            // conflict: without this the consumer would leave its lanes CONTENDED_FOR after
+            // its last conflict and meet the other consumers on the rows again.
+            if done.waited_for_lanes {
+                self.mark_contended();
+            }
             if let Some(trace) = done.trace.take() {
                 protocol_trace::record(|| trace.part_committed(index));
             }

@@ -14,6 +14,7 @@ mod faults;
 mod gaps;
 mod invalid;
 mod lag;
+mod lanes;
 mod lifecycle;
 mod permanent;
 mod plans;
