@@ -4,13 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use orderflow_common::command::Inbound;
 use orderflow_common::db;
-use orderflow_common::order::{Line, Lines, ValidOrder};
 use orderflow_common::testing::TestDatabase;
 use orderflow_consumer::stats::Stats;
 use orderflow_consumer::worker_pool::WorkerPool;
@@ -18,13 +15,7 @@ use orderflow_consumer::worker_pool::WorkerPool;
 const PRODUCTS: [&str; 4] = ["PROD001", "PROD002", "PROD003", "PROD004"];
 
 fn batch() -> Vec<Inbound> {
-    PRODUCTS
-        .iter()
-        .map(|product| {
-            let lines = Lines::One(Line { product_id: (*product).into(), quantity: 1, amount_cents: 100 });
-            Inbound::Order(ValidOrder { order_id: Uuid::now_v7(), customer_id: "C1".into(), lines, placed_at: Utc::now(), hold_seconds: None })
-        })
-        .collect()
+    super::support::one_order_each(&PRODUCTS)
 }
 
 /// Writes one batch over the four products while another transaction holds PROD001's row

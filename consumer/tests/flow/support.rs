@@ -255,6 +255,23 @@ impl Stack {
 }
 
 /// A consumer for the lifecycle tests: a fast sweeper and relay, quick permanent retries.
+/// One single-unit order per product, as the worker pool gets them from a batch.
+pub fn one_order_each(products: &[&str]) -> Vec<orderflow_common::command::Inbound> {
+    products
+        .iter()
+        .map(|product| {
+            let lines = Lines::One(Line { product_id: (*product).into(), quantity: 1, amount_cents: 100 });
+            orderflow_common::command::Inbound::Order(orderflow_common::order::ValidOrder {
+                order_id: Uuid::now_v7(),
+                customer_id: "C1".into(),
+                lines,
+                placed_at: Utc::now(),
+                hold_seconds: None,
+            })
+        })
+        .collect()
+}
+
 pub fn fast_holds(settings: &mut Settings) {
     settings.holds.sweep_interval_ms = 100;
     settings.holds.outbox_relay_interval_ms = 200;
