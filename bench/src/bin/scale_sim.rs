@@ -15,13 +15,19 @@
 //!   transaction is a conflict, retried after exponential backoff with full jitter (2 ms base,
 //!   250 ms cap, as `worker_pool::backoff`); a held transaction costs `txn_cpu_us +
 //!   order_cpu_us * n` of CPU, then `txn_wait_us` without CPU (commit flush, round trips);
+//! - with `--lane-locks`, consumers of a group (2 or more) split by lane instead
+//!   (`split::lane` of the product's id, as the consumer does while contended), and a part
+//!   waits in a first-come queue for its lane, as for the consumer's advisory lane lock,
+//!   instead of failing NOWAIT and backing off;
 //! - every CPU job shares `cores` equally (processor sharing).
 //!
 //! Calibrate the per-order and per-transaction costs from a measured run with one consumer
 //! (README, Performance), check the model against the measured 2- and 4-consumer runs, and
 //! only then read its extrapolations.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+
+use orderflow_consumer::split::lane;
 
 use clap::Parser;
 use rand::rngs::StdRng;
@@ -44,6 +50,9 @@ struct Params {
     /// Partition by product instead of by customer.
     #[arg(long)]
     by_product: bool,
+    /// Lanes and lane locks (consumer LANES=true) for groups of two or more consumers.
+    #[arg(long)]
+    lane_locks: bool,
     #[arg(long, default_value_t = 200_000)]
     orders: usize,
     #[arg(long, default_value_t = 10_000)]
@@ -89,6 +98,9 @@ struct Part {
     products: Vec<usize>,
     orders: u64,
     state: PartState,
+    /// With lane locks: the part's lane, and whether it is in that lane's queue.
+    lane: Option<usize>,
+    queued: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -120,6 +132,10 @@ fn simulate(p: &Params, consumers: usize) -> Outcome {
         })
         .collect();
     let mut locks: HashMap<usize, usize> = HashMap::new();
+    let lanes = consumers > 1 && p.lane_locks;
+    // Per lane: the parts waiting, first come first served, as (consumer, part index).
+    let mut lane_queues: Vec<VecDeque<(usize, usize)>> = vec![VecDeque::new(); p.workers];
+    let mut lane_held = vec![false; p.workers];
     let (mut produced, mut ingest_credit, mut committed) = (0_usize, 0.0_f64, 0_u64);
     let mut out = Outcome::default();
     let mut now = 0.0_f64;
@@ -157,8 +173,24 @@ fn simulate(p: &Params, consumers: usize) -> Outcome {
         }
         for (id, consumer) in group.iter_mut().enumerate() {
             // Parts: try locks, hold them, finish.
-            for part in &mut consumer.parts {
+            for (index, part) in consumer.parts.iter_mut().enumerate() {
                 match part.state {
+                    PartState::Trying { .. } if part.lane.is_some() => {
+                        let lane = part.lane.expect("matched");
+                        if !part.queued {
+                            lane_queues[lane].push_back((id, index));
+                            part.queued = true;
+                        }
+                        if !lane_held[lane] && lane_queues[lane].front() == Some(&(id, index)) {
+                            lane_queues[lane].pop_front();
+                            lane_held[lane] = true;
+                            out.transactions += 1;
+                            part.state = PartState::Holding {
+                                cpu_left: p.txn_cpu_us + p.order_cpu_us * part.orders as f64,
+                                wait_left: p.txn_wait_us,
+                            };
+                        }
+                    }
                     PartState::Trying { at, attempt } if at <= now => {
                         if part
                             .products
@@ -200,6 +232,9 @@ fn simulate(p: &Params, consumers: usize) -> Outcome {
                         } else {
                             for product in &part.products {
                                 locks.remove(product);
+                            }
+                            if let Some(lane) = part.lane {
+                                lane_held[lane] = false;
                             }
                             committed += part.orders;
                             PartState::Done
@@ -245,7 +280,7 @@ fn simulate(p: &Params, consumers: usize) -> Outcome {
             out.batches += 1;
             out.mean_batch += (p.batch_max as u64 - room) as f64;
             consumer.started = now;
-            consumer.parts = split(&per_product, p.workers);
+            consumer.parts = if lanes { split_by_lane(&per_product, p.workers) } else { split(&per_product, p.workers) };
         }
     }
     out.seconds = now / 1e6;
@@ -271,6 +306,8 @@ fn split(per_product: &[u64], workers: usize) -> Vec<Part> {
                 at: 0.0,
                 attempt: 0,
             },
+            lane: None,
+            queued: false,
         })
         .collect();
     for (product, count) in busiest {
@@ -288,6 +325,24 @@ fn split(per_product: &[u64], workers: usize) -> Vec<Part> {
     parts
 }
 
+/// Product `i` is `P{i+1:03}`; a part per lane, as `split::split` with `Layout::Lanes`.
+fn split_by_lane(per_product: &[u64], workers: usize) -> Vec<Part> {
+    let mut parts: Vec<Part> = (0..workers)
+        .map(|lane| Part { products: Vec::new(), orders: 0, state: PartState::Trying { at: 0.0, attempt: 0 }, lane: Some(lane), queued: false })
+        .collect();
+    for (product, count) in per_product.iter().enumerate().filter(|(_, n)| **n > 0) {
+        let part = &mut parts[lane(&product_name(product), workers)];
+        part.products.push(product);
+        part.orders += count;
+    }
+    parts.retain(|part| part.orders > 0);
+    parts
+}
+
+fn product_name(product: usize) -> String {
+    format!("P{:03}", product + 1)
+}
+
 /// A simulation that cannot finish (no CPU for anyone) must not spin forever.
 fn anyhow_guard(now_us: f64) {
     assert!(
@@ -299,10 +354,11 @@ fn anyhow_guard(now_us: f64) {
 fn main() {
     let params = Params::parse();
     println!(
-        "cores {} | partitions {} by {} | {} hot products | {} orders | workers {} | batch <= {} | ingest {} us/order | txn {} us CPU + {} us wait + {} us/order",
+        "cores {} | partitions {} by {}{} | {} hot products | {} orders | workers {} | batch <= {} | ingest {} us/order | txn {} us CPU + {} us wait + {} us/order",
         params.cores,
         params.partitions,
         if params.by_product { "product" } else { "customer" },
+        if params.lane_locks { ", lane locks" } else { "" },
         params.hot,
         params.orders,
         params.workers,
@@ -355,6 +411,19 @@ mod tests {
             ..params()
         };
         assert_eq!(simulate(&p, 4).conflicts, 0);
+    }
+
+    #[test]
+    fn with_lane_locks_consumers_queue_for_lanes_and_never_conflict() {
+        let p = Params { lane_locks: true, ..params() };
+        let outcome = simulate(&p, 4);
+        assert_eq!(outcome.conflicts, 0, "{outcome:?}");
+        assert!(outcome.transactions > 0);
+        let parts = split_by_lane(&[10; 10], 4);
+        assert_eq!(parts.iter().map(|part| part.orders).sum::<u64>(), 100);
+        for part in &parts {
+            assert!(part.products.iter().all(|product| Some(lane(&product_name(*product), 4)) == part.lane));
+        }
     }
 
     #[test]
