@@ -33,9 +33,16 @@ pub fn pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
     // and blind to how long an array parameter is: a consumer that started on ten products kept
     // a sequential scan with a linear `= ANY($1)` search after the catalogue grew to 100,000
     // (about 1 ms per order). Planning each execution costs well under a millisecond per batch.
+    //
+    // random_page_cost 1.1 instead of 4 (spinning disks): the rows we touch are cached or on
+    // SSD. At 4 the set-based stock update of a part over 1,500 of the catalogue's 100,000
+    // products ran as a hash join over a sequential scan of `inventory`: 58.6 ms, against
+    // 10.9 ms with 1,500 primary-key probes at 1.1 (6,000 products: 76.7 against 37.0 ms).
+    // A setting of our sessions only: the server's default is left to its operator.
+    const SESSION: &str = "-c plan_cache_mode=force_custom_plan -c random_page_cost=1.1";
     let options = match config.get_options() {
-        Some(given) if !given.is_empty() => format!("{given} -c plan_cache_mode=force_custom_plan"),
-        _ => "-c plan_cache_mode=force_custom_plan".to_owned(),
+        Some(given) if !given.is_empty() => format!("{given} {SESSION}"),
+        _ => SESSION.to_owned(),
     };
     config.options(&options);
     // Fast recycling issues a cheap check only when a connection had an error, which is

@@ -335,7 +335,7 @@ const RECORD_COMMANDS: &str = "INSERT INTO order_commands \
      ON CONFLICT (command_id) DO UPDATE SET outcome = excluded.outcome, reason = excluded.reason, decided_at = excluded.decided_at \
      WHERE order_commands.outcome = 'pending'";
 
-pub(crate) const MOVE_STOCK: &str = "UPDATE inventory AS i \
+pub const MOVE_STOCK: &str = "UPDATE inventory AS i \
      SET available_quantity = i.available_quantity + d.available, \
          reserved_quantity = i.reserved_quantity + d.reserved, \
          total_quantity = i.total_quantity + d.total, \
