@@ -104,8 +104,10 @@ pub struct BatchSettings {
     #[arg(long = "adaptive-workers", env = "ADAPTIVE_WORKERS", default_value_t = true, action = clap::ArgAction::Set)]
     pub adaptive_workers: bool,
     /// While this consumer meets lock conflicts, place products in fixed lanes (a hash of the
-    /// product id, the same in every consumer) so that parts of different consumers meet only
-    /// on a shared lane (split.rs). false: every batch split for balance alone.
+    /// product id, the same in every consumer, split.rs) and have each part wait for an
+    /// advisory lock per lane before its NOWAIT row locks (reservation.rs): parts of
+    /// different consumers on one lane queue instead of conflicting. false: balanced split,
+    /// NOWAIT and backoff only.
     #[arg(long = "lanes", env = "LANES", default_value_t = true, action = clap::ArgAction::Set)]
     pub lanes: bool,
     /// On shutdown, how long the batch in hand may take before it is abandoned (its offsets

@@ -24,8 +24,8 @@ use orderflow_common::order::{Line, ValidOrder};
 use crate::concurrency::PartLimit;
 use crate::lifecycle::Step;
 use crate::protocol_trace::{self, Step as TraceStep};
-use crate::split::Layout;
 use crate::reservation::{self, Applied, ErrorClass, LaneLocks, LifecycleSettings, Locking, Part, PartResult, ReserveError, Touches};
+use crate::split::Layout;
 use crate::stats::Stats;
 use crate::stuck::StuckWrites;
 
@@ -47,7 +47,8 @@ pub struct WorkerPool {
     /// Until when (ms since the Unix epoch) parts start with `Locking::Available`: set by
     /// every lock conflict this consumer meets (see `write_part`).
     contended_until: AtomicU64,
-    /// Whether contended batches are split in lanes (split.rs) rather than for balance.
+    /// Whether contended batches are split in lanes (split.rs) and take lane locks
+    /// (reservation.rs), rather than split for balance and left to NOWAIT and backoff.
     lanes: bool,
 }
 
@@ -101,7 +102,7 @@ impl WorkerPool {
         Self { parts: PartLimit::new(max, adaptive), ..self }
     }
 
-    /// `false`: contended batches too are split for balance alone, not in lanes.
+    /// `false`: contended batches too are split for balance and take no lane locks.
     pub fn with_lanes(self, lanes: bool) -> Self {
         Self { lanes, ..self }
     }
