@@ -228,3 +228,17 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Stops a binary a test started: SIGTERM, then asserts the exit status 0 of a graceful stop.
+/// The wait runs on a blocking thread, off the test's Tokio workers.
+pub async fn stop(process: std::process::Child) {
+    let status = std::process::Command::new("kill").args(["-TERM", &process.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let mut process = process;
+        process.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(exit.success(), "exits 0 on SIGTERM: {exit:?}");
+}

@@ -389,15 +389,4 @@ pub async fn wait_exit(mut child: std::process::Child, within: Duration) -> std:
     }
 }
 
-/// SIGTERM, and the exit status 0 of a graceful stop.
-pub async fn stop(consumer: std::process::Child) {
-    let status = std::process::Command::new("kill").args(["-TERM", &consumer.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || {
-        let mut consumer = consumer;
-        consumer.wait().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(exit.success(), "a consumer exits 0 on SIGTERM: {exit:?}");
-}
+pub use orderflow_common::testing::stop;

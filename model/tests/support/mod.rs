@@ -128,18 +128,7 @@ impl Run {
     }
 }
 
-/// SIGTERM, and the exit status 0 of a graceful stop.
-pub async fn stop(consumer: Child) {
-    let status = Command::new("kill").args(["-TERM", &consumer.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || {
-        let mut consumer = consumer;
-        consumer.wait().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(exit.success(), "a consumer exits 0 on SIGTERM: {exit:?}");
-}
+pub use orderflow_common::testing::stop;
 
 pub fn payload<T: serde::Serialize>(key: &str, value: &T) -> (String, Vec<u8>) {
     (key.to_owned(), serde_json::to_vec(value).unwrap())
